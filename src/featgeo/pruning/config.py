@@ -1,0 +1,92 @@
+"""Settings of one ``featgeo prune`` run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from featgeo.pruning.base import get_pruner
+from featgeo.pruning.masks import parse_nm
+
+
+@dataclass
+class PruneConfig:
+    """Prune the selected linear components of a causal LM, layer by layer."""
+
+    model: str = "embedded"
+    """``embedded``, a local Hugging Face folder, or a hub id (needs a reachable hub)."""
+    methods: list[str] = field(default_factory=lambda: ["wanda"])
+    """Pruning methods, each run from the dense model: magnitude, wanda, sparsegpt."""
+    sparsity: float | None = None
+    """Fraction of weights removed per matrix, in [0, 1); 0.5 unless --nm fixes it."""
+    nm: str | None = None
+    """Semi-structured pattern 'N:M': N of every M consecutive inputs pruned (2:4, 4:8)."""
+    calib_samples: int = 32
+    """Calibration windows drawn from the calibration split."""
+    seqlen: int = 512
+    """Tokens per calibration and evaluation window."""
+    seed: int = 0
+    """Seed of the calibration window offsets."""
+    layers: str | None = None
+    """Decoder layers to prune ('0-29', '0,3,5-7'); all when None."""
+    components: str | None = None
+    """Comma list of linear components; all seven when None."""
+    out: str = "clustering_characterization"
+    """Export root: {out}/{method}/layer{L}-{component}.pt and prune_summary.json."""
+    corpus: str = "embedded"
+    """``embedded`` or a corpus path (see ``featgeo corpus``)."""
+    eval_split: str = "eval"
+    """Split used for perplexity."""
+    eval_windows: int | None = 32
+    """At most this many evaluation windows (None: the whole split)."""
+    device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    """Where the heavy work runs."""
+    save_model: bool = False
+    """Also save each pruned model as a Hugging Face folder {out}/{method}/model."""
+    force: bool = False
+    """Redo a method even when {out}/{method} holds a finished run with the same settings."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.methods, str):
+            self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
+        if not self.methods:
+            raise ValueError("--method is empty; choose from magnitude, wanda, sparsegpt")
+        for method in self.methods:
+            get_pruner(method)
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"--method lists a method twice: {','.join(self.methods)}")
+        nm = parse_nm(self.nm)
+        if self.sparsity is not None and not 0 <= self.sparsity < 1:
+            raise ValueError(f"--sparsity must be in [0, 1), got {self.sparsity}")
+        if (
+            nm is not None
+            and self.sparsity is not None
+            and abs(self.sparsity - nm[0] / nm[1]) > 1e-9
+        ):
+            raise ValueError(
+                f"--sparsity {self.sparsity} contradicts --nm {self.nm} (which prunes "
+                f"{nm[0]}/{nm[1]} = {nm[0] / nm[1]:g}); drop --sparsity"
+            )
+        for name in ("calib_samples", "seqlen"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
+        if self.seqlen < 2:
+            raise ValueError(f"--seqlen must be >= 2, got {self.seqlen}")
+        if self.eval_windows is not None and self.eval_windows < 1:
+            raise ValueError(f"--eval-windows must be >= 1, got {self.eval_windows}")
+
+    @property
+    def nm_pattern(self) -> tuple[int, int] | None:
+        return parse_nm(self.nm)
+
+    @property
+    def target_sparsity(self) -> float:
+        nm = self.nm_pattern
+        if nm is not None:
+            return nm[0] / nm[1]
+        return 0.5 if self.sparsity is None else self.sparsity
+
+    def to_dict(self) -> dict:
+        return asdict(self)

