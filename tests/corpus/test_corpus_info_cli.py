@@ -72,7 +72,7 @@ def test_cli_build_from_files_then_info(write_files, tmp_path):
     assert result.exit_code == 0, result.output
     assert "total" in result.output and "20" in result.output
     assert (out / "manifest.json").is_file()
-    result = runner.invoke(app, ["info", "--corpus", str(out)])
+    result = runner.invoke(app, ["info", "--corpus", str(out), "--model", "none"])
     assert result.exit_code == 0, result.output
     assert "sae_train" in result.output and "tokens" not in result.output
 
@@ -87,14 +87,14 @@ def test_cli_build_embedded_with_sources(fake_registry, tmp_path):
     assert again.exit_code == 0, again.output
 
 
-def test_cli_info_with_model_counts_tokens(write_files, monkeypatch):
-    import featgeo.models
+def test_cli_info_with_model_counts_tokens(write_files, tiny_llama):
+    from featgeo.models import load_tokenizer
 
-    monkeypatch.setattr(featgeo.models, "load_tokenizer", lambda spec: WhitespaceTokenizer())
     root = write_files({f"{i}.txt": "two words" for i in range(10)})
-    result = runner.invoke(app, ["info", "--corpus", str(root), "--model", "embedded"])
+    result = runner.invoke(app, ["info", "--corpus", str(root), "--model", str(tiny_llama)])
     assert result.exit_code == 0, result.output
-    assert "tokens" in result.output and "20" in result.output
+    per_doc = len(load_tokenizer(tiny_llama)("two words", add_special_tokens=False)["input_ids"])
+    assert "tokens" in result.output and f" {10 * per_doc} " in result.output
 
 
 def test_cli_from_without_out_is_a_value_error(write_files):

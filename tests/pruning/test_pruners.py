@@ -117,11 +117,13 @@ def test_prune_rejects_non_matrix_and_bad_nm_width():
         MagnitudePruner(0.5, (2, 4)).prune(torch.ones(4, 6))
 
 
-def test_fit_rejects_nan_inputs():
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_fit_rejects_non_finite_inputs(method, bad):
     x = torch.ones(8, 4)
-    x[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        WandaPruner(0.5).fit(x)
+    x[3, 2] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        get_pruner(method)(0.5).fit(x)
 
 
 def test_unknown_method_lists_choices():

@@ -49,16 +49,16 @@ def info(
     corpus: str = typer.Option(
         "embedded", help="embedded, a built corpus folder, or .txt/.jsonl/.parquet files."
     ),
-    model: str | None = typer.Option(
-        None, help="Count tokens with this model's tokenizer: embedded or a path/hub id."
+    model: str = typer.Option(
+        "embedded", help="Count tokens with this model's tokenizer ('none' to skip)."
     ),
 ) -> None:
-    """Documents, characters (and tokens, with --model) per split."""
+    """Documents, characters and tokens per split."""
     from featgeo.corpus import corpus_info, load_corpus
 
     loaded = load_corpus(corpus)
     tokenizer = None
-    if model is not None:
+    if model.lower() != "none":
         from featgeo.models import load_tokenizer
 
         tokenizer = load_tokenizer(model)

@@ -236,8 +236,9 @@ def _prune_method(
     seconds = dict(prep.seconds)
     t0 = time.perf_counter()
 
+    last = max(prep.layers)
     inputs = None
-    if pruner_cls.needs_inputs:
+    if pruner_cls.needs_inputs and start_layer <= last:
         inputs = capture_layer0_inputs(model, prep.calib_ids)
         if state is not None:
             inputs.hidden = torch.load(staging / HIDDEN, weights_only=True).to(prep.device)
@@ -248,7 +249,6 @@ def _prune_method(
     if state is not None:
         log.info("%s: resuming at layer %d from %s", method, start_layer, staging)
 
-    last = max(prep.layers)
     last_checkpoint = time.perf_counter()
     with progress_bar() as bar:
         task = bar.add_task(f"{method} prune", total=last + 1, completed=start_layer, status="")
@@ -263,6 +263,8 @@ def _prune_method(
                 last_checkpoint = time.perf_counter()
             bar.update(task, advance=1, status=f"layer {index}")
     seconds["prune"] = time.perf_counter() - t0
+    if start_layer <= last:  # so that an interrupted evaluation does not redo the pruning
+        _checkpoint(staging, settings, last + 1, None)
 
     t1 = time.perf_counter()
     pruned_ppl = perplexity(model, prep.eval_ids, description=f"{method} perplexity")

@@ -42,6 +42,10 @@ class SparseGPTPruner(Pruner):
         self.hessian_.addmm_(x.t(), x, alpha=2.0 / total)
         self.n_tokens_ = total
 
+    def _statistics_finite(self) -> bool:
+        # H_jj = (2/n) sum x_j^2: NaN or inf in any input column shows up on the diagonal.
+        return bool(torch.isfinite(self.hessian_.diagonal()).all())
+
     def _inverse_hessian_factor(self, weight: torch.Tensor) -> torch.Tensor:
         """Upper Cholesky factor of (H + damp I)^-1, zeroing ``weight``'s dead input columns."""
         hessian = self.hessian_.to(weight.device).clone()

@@ -18,15 +18,18 @@ class WandaPruner(ScorePruner):
     name = "wanda"
 
     def _accumulate(self, x: torch.Tensor) -> None:  # x: [tokens, in]
-        # float64 running sums: calibration sets can be long and the statistic is 1-D, so exact
-        # accumulation costs nothing.
-        sq = x.double().pow(2).sum(dim=0)
+        # Squares are summed in the input dtype (a float64 copy of the input would cost more
+        # than the forward pass of the layer) and accumulated across batches in float64.
+        sq = x.float().pow(2).sum(dim=0).double()
         if hasattr(self, "input_sq_sum_"):
             self.input_sq_sum_ += sq
             self.n_tokens_ += x.shape[0]
         else:
             self.input_sq_sum_ = sq
             self.n_tokens_ = x.shape[0]
+
+    def _statistics_finite(self) -> bool:
+        return bool(torch.isfinite(self.input_sq_sum_).all())
 
     @property
     def input_norm_(self) -> torch.Tensor:
