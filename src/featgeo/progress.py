@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -12,7 +14,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console()  # results (tables) go to stdout
+# Results (tables) go to stdout; piped into a file they keep a readable width instead of 80.
+console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)  # progress, logs and errors go to stderr
 
 
