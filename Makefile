@@ -44,8 +44,15 @@ test-fast: install
 lint: install
 	$(PY) -m ruff check src tests benchmarks
 
-bench: data
-	$(PY) benchmarks/prune.py
+# The peer (llm-compressor) pins its own transformers, so it gets its own environment.
+BENCH_PEER := .bench/llmc
+$(BENCH_PEER)/bin/python:
+	$(PYTHON) -m venv $(BENCH_PEER)
+	$(BENCH_PEER)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(BENCH_PEER)/bin/python -m pip install -q llmcompressor==0.14.0.1 "$(TORCH_SPEC)"
+
+bench: data $(BENCH_PEER)/bin/python
+	$(PY) benchmarks/prune.py --peer-python $(BENCH_PEER)/bin/python
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .bench .pytest_cache
