@@ -81,12 +81,15 @@ def _register() -> None:
     app.add_typer(model_cli.app, name="model")
     app.command("prune")(prune_cli.prune)
     app.command("ppl")(prune_cli.ppl)
+    from featgeo.cli import corpus as corpus_cli
+
+    app.add_typer(corpus_cli.app, name="corpus")
     try:
-        from featgeo.cli import corpus as corpus_cli
-    except ImportError:  # pragma: no cover - only while the corpus CLI is being written
+        from featgeo.cli import hamming as hamming_cli
+    except ImportError:  # while the hamming commands are being written
         pass
     else:
-        app.add_typer(corpus_cli.app, name="corpus")
+        app.add_typer(hamming_cli.app, name="hamming")
     _wrap_commands(app)
 
 

@@ -1,0 +1,143 @@
+"""The Hamming engine: exact integer distances between binary feature masks.
+
+CPU: masks are bit-packed (8 positions per byte) and compared with faiss's popcount kernels
+(``faiss.hammings``), the fastest correct tool we measured (benchmarks/hamming.py); without
+faiss, a blocked numpy XOR + ``bitwise_count`` gives the same integers. CUDA: the matmul
+formulation d(a, b) = |a| + |b| - 2 a.b in float32, exact because every term is an integer
+below 2^24. Top-N neighbours use a partial selection with index tie-breaking.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+_MAX_EXACT_FLOAT32 = 2**24
+
+
+def pack_masks(masks: np.ndarray) -> np.ndarray:
+    """[N, D] bool -> [N, ceil(D / 64) * 8] uint8, zero-padded to whole 64-bit words."""
+    masks = np.asarray(masks, dtype=bool)
+    n, d = masks.shape
+    padded_bits = -(-d // 64) * 64
+    if padded_bits != d:
+        masks = np.concatenate([masks, np.zeros((n, padded_bits - d), dtype=bool)], axis=1)
+    return np.ascontiguousarray(np.packbits(masks, axis=1))
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def _pairwise_cpu(codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
+    out = np.empty((codes_a.shape[0], codes_b.shape[0]), dtype=np.int32)
+    faiss = _faiss()
+    if faiss is not None:
+        faiss.hammings(
+            faiss.swig_ptr(codes_a),
+            faiss.swig_ptr(codes_b),
+            codes_a.shape[0],
+            codes_b.shape[0],
+            codes_a.shape[1],
+            faiss.swig_ptr(out),
+        )
+        return out
+    words_a, words_b = codes_a.view(np.uint64), codes_b.view(np.uint64)
+    step = max(1, 2**22 // max(1, words_b.size))  # bound the [step, Nb, words] temporary
+    for start in range(0, words_a.shape[0], step):
+        xor = words_a[start : start + step, None, :] ^ words_b[None, :, :]
+        out[start : start + step] = np.bitwise_count(xor).sum(axis=-1, dtype=np.int32)
+    return out
+
+
+def _pairwise_cuda(masks_a: np.ndarray, masks_b: np.ndarray, device: torch.device) -> np.ndarray:
+    a = torch.from_numpy(masks_a).to(device, torch.float32)
+    b = torch.from_numpy(masks_b).to(device, torch.float32)
+    overlap = a @ b.T  # [Na, Nb], integer-valued
+    dist = a.sum(1, keepdim=True) + b.sum(1).unsqueeze(0) - 2 * overlap
+    return dist.round().to(torch.int32).cpu().numpy()
+
+
+def pairwise_hamming(
+    masks_a: np.ndarray, masks_b: np.ndarray | None = None, *, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """Hamming distances (number of differing positions) between every pair of features.
+
+    masks_a: [Na, D] bool, masks_b: [Nb, D] bool (default: masks_a) -> [Na, Nb] int32.
+    """
+    masks_a = np.asarray(masks_a, dtype=bool)
+    masks_b = masks_a if masks_b is None else np.asarray(masks_b, dtype=bool)
+    if masks_a.ndim != 2 or masks_b.ndim != 2 or masks_a.shape[1] != masks_b.shape[1]:
+        raise ValueError(
+            f"masks must be [N, D] with the same D, got {masks_a.shape} and {masks_b.shape}"
+        )
+    device = torch.device(device)
+    if device.type == "cuda":
+        if masks_a.shape[1] >= _MAX_EXACT_FLOAT32:
+            raise ValueError(f"D={masks_a.shape[1]} is too long for exact float32 distances")
+        return _pairwise_cuda(masks_a, masks_b, device)
+    codes_a = pack_masks(masks_a)
+    codes_b = codes_a if masks_b is masks_a else pack_masks(masks_b)
+    return _pairwise_cpu(codes_a, codes_b)
+
+
+def hamming_to(masks: np.ndarray, index: int) -> np.ndarray:
+    """Distances from feature ``index`` to every feature: [N] int32 (0 at ``index``)."""
+    codes = pack_masks(masks).view(np.uint64)
+    return np.bitwise_count(codes ^ codes[index]).sum(axis=1, dtype=np.int32)
+
+
+class Neighbours(NamedTuple):
+    indices: np.ndarray  # [n] int64, nearest first
+    distances: np.ndarray  # [n] int32
+
+
+def smallest_with_index_ties(values: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` smallest values, ordered by (value, index): a partial selection,
+    then an exact sort of only the candidates."""
+    if n >= values.size:
+        return np.lexsort((np.arange(values.size), values))
+    kth = np.partition(values, n - 1)[n - 1]
+    candidates = np.flatnonzero(values <= kth)  # ascending indices
+    order = np.lexsort((candidates, values[candidates]))
+    return candidates[order][:n]
+
+
+def nearest_features(masks: np.ndarray, index: int, n: int) -> Neighbours:
+    """The ``n`` features nearest to ``index`` by Hamming distance (itself excluded; ties go to
+    the lower index). ``n`` larger than the number of other features is an input error."""
+    total = masks.shape[0]
+    if not 0 <= index < total:
+        raise ValueError(
+            f"--feature-idx {index} is out of range; this matrix has {total} "
+            f"features (0-{total - 1})"
+        )
+    if not 1 <= n <= total - 1:
+        raise ValueError(
+            f"--n-features {n} is impossible: there are only {total - 1} other "
+            "features; pass a smaller --n-features"
+        )
+    dist = hamming_to(masks, index).astype(np.int64)
+    dist[index] = np.iinfo(np.int64).max  # never its own neighbour
+    chosen = smallest_with_index_ties(dist, n)
+    return Neighbours(chosen.astype(np.int64), dist[chosen].astype(np.int32))
+
+
+def nearest_neighbour_distances(
+    masks: np.ndarray, *, device: str | torch.device = "cpu", block: int = 4096
+) -> np.ndarray:
+    """For every feature, the Hamming distance to its nearest other feature: [N] int32."""
+    n = masks.shape[0]
+    out = np.empty(n, dtype=np.int32)
+    for start in range(0, n, block):
+        dist = pairwise_hamming(masks[start : start + block], masks, device=device)
+        rows = np.arange(dist.shape[0])
+        dist[rows, start + rows] = np.iinfo(np.int32).max
+        out[start : start + block] = dist.min(axis=1)
+    return out
