@@ -31,9 +31,22 @@ data: install
 	$(PY) -m featgeo model info > /dev/null
 	$(PY) -m featgeo corpus build
 
+MATRICES := $(DEMO_OUT)/clustering_characterization
+
+# Prune (finished methods are reused on a rerun), then the sparsity-pattern analyses of seed 000.
 demo: data
 	$(PY) -m featgeo prune --model embedded --method magnitude,wanda,sparsegpt --sparsity 0.5 \
-		--calib-samples 32 --seqlen 512 --out $(DEMO_OUT)/clustering_characterization
+		--calib-samples 32 --seqlen 512 --out $(MATRICES)
+	for method in wanda sparsegpt; do for component in mlp.down_proj mlp.up_proj; do \
+		$(PY) -m featgeo hamming multi $(MATRICES)/$$method/layer1-$$component.pt --n-executions 10 \
+			--output-json $(DEMO_OUT)/analysis_results/$${method}_layer1_$$component.json || exit 1; \
+	done; done
+	$(PY) -m featgeo hamming seeds --method wanda --layer 1 --component mlp.down_proj --seeds 3 \
+		--matrices-dir $(MATRICES) --output-dir $(DEMO_OUT)/results/metrics/multi_seed_clustering/wanda/mlp.down_proj
+	$(PY) -m featgeo hamming scan --matrices-dir $(MATRICES) --methods wanda,sparsegpt \
+		--out $(DEMO_OUT)/results/scan
+	$(PY) -m featgeo hamming report --results-dir $(DEMO_OUT)/analysis_results --out $(DEMO_OUT)/report \
+		--seeds-dir $(DEMO_OUT)/results/metrics/multi_seed_clustering --scan-csv $(DEMO_OUT)/results/scan/scan.csv
 
 test: data
 	$(PY) -m pytest -q

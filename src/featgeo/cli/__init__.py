@@ -70,7 +70,7 @@ def _root(
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
-    for noisy in ("transformers", "httpx", "huggingface_hub"):
+    for noisy in ("transformers", "httpx", "huggingface_hub", "faiss", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 

@@ -21,7 +21,7 @@ def build(
         "wiki,austen", help="Embedded sources, comma-separated: wiki, austen."
     ),
     out: Path | None = typer.Option(
-        None, help="Output folder [default: the featgeo cache, corpus/v1]."
+        None, help="Output folder (default: the featgeo cache, corpus/v1)."
     ),
     force: bool = typer.Option(False, "--force", help="Rebuild even if already built."),
     from_: list[Path] | None = typer.Option(

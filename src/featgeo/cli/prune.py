@@ -14,7 +14,7 @@ def prune(
     model: str = typer.Option("embedded", help="embedded, a local model folder, or a hub id."),
     method: str = typer.Option(..., "--method", help=METHOD_HELP),
     sparsity: float = typer.Option(
-        None, help="Fraction pruned per matrix, in [0, 1) [default: 0.5]."
+        None, help="Fraction pruned per matrix, in [0, 1) (default 0.5)."
     ),
     nm: str = typer.Option(
         None, "--nm", help="Semi-structured N:M, e.g. 2:4 or 4:8 (N pruned of every M)."
@@ -22,8 +22,8 @@ def prune(
     calib_samples: int = typer.Option(32, help="Calibration windows."),
     seqlen: int = typer.Option(512, help="Tokens per calibration / evaluation window."),
     seed: int = typer.Option(0, help="Seed of the calibration window offsets."),
-    layers: str = typer.Option(None, help="Layers to prune, e.g. 0-29 or 0,3,5-7 [default: all]."),
-    components: str = typer.Option(None, help="Comma list of components [default: all seven]."),
+    layers: str = typer.Option(None, help="Layers to prune, e.g. 0-29 or 0,3,5-7 (default: all)."),
+    components: str = typer.Option(None, help="Comma list of components (default: all seven)."),
     out: str = typer.Option("clustering_characterization", help="Export root folder."),
     corpus: str = typer.Option("embedded", help="embedded or a corpus path."),
     eval_windows: int = typer.Option(

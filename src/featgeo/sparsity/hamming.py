@@ -9,6 +9,8 @@ below 2^24. Top-N neighbours use a partial selection with index tie-breaking.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -35,10 +37,18 @@ def _faiss():
     return faiss
 
 
-def _pairwise_cpu(codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
-    out = np.empty((codes_a.shape[0], codes_b.shape[0]), dtype=np.int32)
+def _cpu_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _hamming_block(codes_a: np.ndarray, codes_b: np.ndarray, out: np.ndarray) -> None:
+    """out[i, j] = popcount(codes_a[i] ^ codes_b[j]); out: [len(a), len(b)] int32 view."""
     faiss = _faiss()
     if faiss is not None:
+        # faiss.hammings is single-threaded and releases the GIL, so blocks run in parallel.
         faiss.hammings(
             faiss.swig_ptr(codes_a),
             faiss.swig_ptr(codes_b),
@@ -47,12 +57,34 @@ def _pairwise_cpu(codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
             codes_a.shape[1],
             faiss.swig_ptr(out),
         )
-        return out
+        return
     words_a, words_b = codes_a.view(np.uint64), codes_b.view(np.uint64)
     step = max(1, 2**22 // max(1, words_b.size))  # bound the [step, Nb, words] temporary
     for start in range(0, words_a.shape[0], step):
         xor = words_a[start : start + step, None, :] ^ words_b[None, :, :]
         out[start : start + step] = np.bitwise_count(xor).sum(axis=-1, dtype=np.int32)
+
+
+def _pairwise_cpu(codes_a: np.ndarray, codes_b: np.ndarray, block: int = 512) -> np.ndarray:
+    """All pairs in row blocks on every core; for a set against itself only the upper
+    triangle of blocks is computed and then mirrored (half the popcounts)."""
+    n_a, n_b = codes_a.shape[0], codes_b.shape[0]
+    out = np.empty((n_a, n_b), dtype=np.int32)
+    symmetric = codes_b is codes_a
+    starts = range(0, n_a, block)
+
+    def run(lo: int) -> None:
+        hi, first_col = min(lo + block, n_a), (lo if symmetric else 0)
+        rows = np.empty((hi - lo, n_b - first_col), dtype=np.int32)
+        _hamming_block(codes_a[lo:hi], codes_b[first_col:], rows)
+        out[lo:hi, first_col:] = rows
+
+    with ThreadPoolExecutor(_cpu_workers()) as pool:
+        list(pool.map(run, starts))
+    if symmetric:
+        for lo in starts:
+            hi = min(lo + block, n_a)
+            out[hi:, lo:hi] = out[lo:hi, hi:].T
     return out
 
 
@@ -87,10 +119,15 @@ def pairwise_hamming(
     return _pairwise_cpu(codes_a, codes_b)
 
 
-def hamming_to(masks: np.ndarray, index: int) -> np.ndarray:
-    """Distances from feature ``index`` to every feature: [N] int32 (0 at ``index``)."""
-    codes = pack_masks(masks).view(np.uint64)
-    return np.bitwise_count(codes ^ codes[index]).sum(axis=1, dtype=np.int32)
+def hamming_to(masks: np.ndarray, index: int, *, codes: np.ndarray | None = None) -> np.ndarray:
+    """Distances from feature ``index`` to every feature: [N] int32 (0 at ``index``).
+
+    Pass ``codes = pack_masks(masks)`` when querying the same masks many times.
+    """
+    codes = pack_masks(masks) if codes is None else codes
+    out = np.empty((1, codes.shape[0]), dtype=np.int32)
+    _hamming_block(codes[index : index + 1], codes, out)
+    return out[0]
 
 
 class Neighbours(NamedTuple):
@@ -109,7 +146,9 @@ def smallest_with_index_ties(values: np.ndarray, n: int) -> np.ndarray:
     return candidates[order][:n]
 
 
-def nearest_features(masks: np.ndarray, index: int, n: int) -> Neighbours:
+def nearest_features(
+    masks: np.ndarray, index: int, n: int, *, codes: np.ndarray | None = None
+) -> Neighbours:
     """The ``n`` features nearest to ``index`` by Hamming distance (itself excluded; ties go to
     the lower index). ``n`` larger than the number of other features is an input error."""
     total = masks.shape[0]
@@ -123,7 +162,7 @@ def nearest_features(masks: np.ndarray, index: int, n: int) -> Neighbours:
             f"--n-features {n} is impossible: there are only {total - 1} other "
             "features; pass a smaller --n-features"
         )
-    dist = hamming_to(masks, index).astype(np.int64)
+    dist = hamming_to(masks, index, codes=codes).astype(np.int64)
     dist[index] = np.iinfo(np.int64).max  # never its own neighbour
     chosen = smallest_with_index_ties(dist, n)
     return Neighbours(chosen.astype(np.int64), dist[chosen].astype(np.int32))

@@ -1,0 +1,365 @@
+"""Single and multi-execution Hamming cluster analyses of one pruned matrix (SPEC §2; seed 000's
+``hamming_cluster_analysis.py`` and ``multi_execution_hamming_analysis.py``).
+
+``run_single`` analyses one reference feature (given, or drawn with ``default_rng(seed)``);
+``run_multi`` draws ``n_executions`` distinct reference features with ``default_rng(seed)`` and
+aggregates every scalar metric as mean ± std. Every input is validated before any analysis
+runs, so a bad flag fails fast and nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featgeo.sparsity.analysis import ClusterOn, FeatureAnalysis, analyze_feature
+from featgeo.sparsity.matrices import Axis, feature_masks, load_matrix, sparsity
+from featgeo.sparsity.metrics import SEPARATION_BANDS, separation_band
+
+_EXPORT_NAME = re.compile(r"^layer(\d+)-(.+)$")  # {method}/layer{L}-{component}.pt (SPEC §1)
+
+CONFIG_KEYS = ("feature_idx", "n_features", "n_clusters", "seed", "cluster_on", "d", "block_size")
+"""Keys of ``FeatureAnalysis.metrics()`` that are settings, not measurements."""
+
+
+@dataclass(frozen=True)
+class MatrixInfo:
+    """Where a matrix came from and how it is read."""
+
+    path: str
+    """The path as given."""
+    name: str
+    """File stem, e.g. ``layer1-mlp.down_proj``."""
+    shape: tuple[int, int]
+    """Stored shape (nn.Linear layout: out x in)."""
+    sparsity: float
+    """Fraction of exact zeros."""
+    axis: Axis
+    n_features_total: int
+    """Number of features (columns for ``axis="columns"``)."""
+    d: int
+    """Length of each feature (positions compared by Hamming)."""
+    method: str | None
+    """Pruning method parsed from ``{method}/layer{L}-{component}.pt``, else None."""
+    layer: int | None
+    component: str | None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["shape"] = list(self.shape)
+        return out
+
+
+@dataclass(frozen=True)
+class LoadedMatrix:
+    info: MatrixInfo
+    masks: np.ndarray  # [N, D] bool, feature-major
+    weights: np.ndarray | None  # [N, D] float64, only for cluster_on="weights"
+
+
+@dataclass(frozen=True)
+class SingleResult:
+    """One analysis of one reference feature of one matrix."""
+
+    matrix: MatrixInfo
+    analysis: FeatureAnalysis
+    feature_drawn: bool
+    """True when the reference feature was drawn with the seeded RNG (no ``feature_idx``)."""
+
+
+@dataclass(frozen=True)
+class MultiResult:
+    """``n_executions`` analyses of distinct, randomly drawn reference features."""
+
+    matrix: MatrixInfo
+    config: dict
+    """Every parameter of the run (n_executions, n_features, n_clusters, seed, ...)."""
+    analyses: list[FeatureAnalysis]
+
+    @property
+    def feature_indices(self) -> list[int]:
+        return [a.feature_idx for a in self.analyses]
+
+    def aggregate(self) -> dict[str, dict]:
+        return aggregate_metrics([a.metrics() for a in self.analyses])
+
+
+def parse_export_path(path: str | os.PathLike) -> tuple[str | None, int | None, str | None]:
+    """``.../{method}/layer{L}-{component}.pt`` -> (method, L, component); Nones otherwise."""
+    path = Path(path)
+    match = _EXPORT_NAME.match(path.stem)
+    if match is None:
+        return None, None, None
+    method = path.absolute().parent.name or None
+    return method, int(match.group(1)), match.group(2)
+
+
+def load_features(
+    matrix_path: str | os.PathLike, *, axis: Axis = "columns", with_weights: bool = False
+) -> LoadedMatrix:
+    """Load and validate a matrix and turn it into feature masks ([N, D] bool).
+
+    A matrix with almost no zeros emits ``DenseMatrixWarning`` and is still returned.
+    """
+    if axis not in ("columns", "rows"):
+        raise ValueError(f"--axis must be 'columns' or 'rows', got '{axis}'")
+    matrix = load_matrix(matrix_path)
+    masks = feature_masks(matrix, axis, name=str(matrix_path))
+    weights = None
+    if with_weights:
+        dense = matrix.double().cpu().numpy()  # [rows, cols]
+        weights = np.ascontiguousarray(dense.T if axis == "columns" else dense)  # [N, D]
+    method, layer, component = parse_export_path(matrix_path)
+    info = MatrixInfo(
+        path=str(matrix_path),
+        name=Path(matrix_path).stem,
+        shape=(int(matrix.shape[0]), int(matrix.shape[1])),
+        sparsity=sparsity(matrix),
+        axis=axis,
+        n_features_total=int(masks.shape[0]),
+        d=int(masks.shape[1]),
+        method=method,
+        layer=layer,
+        component=component,
+    )
+    return LoadedMatrix(info, masks, weights)
+
+
+def _check_choices(axis: str, cluster_on: str) -> None:
+    if axis not in ("columns", "rows"):
+        raise ValueError(f"--axis must be 'columns' or 'rows', got '{axis}'")
+    if cluster_on not in ("masks", "weights"):
+        raise ValueError(f"--cluster-on must be 'masks' or 'weights', got '{cluster_on}'")
+
+
+def _check_sizes(n_features: int, n_clusters: int, block_size: int) -> None:
+    """Checks that need no matrix (run before loading it)."""
+    if n_features < 1:
+        raise ValueError(f"--n-features must be >= 1, got {n_features}")
+    if n_clusters < 1:
+        raise ValueError(f"--n-clusters must be >= 1, got {n_clusters}")
+    if block_size < 1:
+        raise ValueError(f"--block-size must be >= 1, got {block_size}")
+    if n_clusters > n_features + 1:
+        raise ValueError(
+            f"--n-clusters {n_clusters} is larger than the {n_features + 1} analysed features "
+            f"(the reference and its {n_features} neighbours); lower --n-clusters to at most "
+            f"{n_features + 1} or raise --n-features"
+        )
+
+
+def _check_against_matrix(info: MatrixInfo, n_features: int) -> None:
+    total = info.n_features_total
+    if n_features > total - 1:
+        raise ValueError(
+            f"--n-features {n_features} is impossible: this matrix has {total} features "
+            f"({info.axis}), so only {total - 1} others; pass --n-features {total - 1} or less"
+        )
+
+
+def _check_feature_idx(feature_idx: int, info: MatrixInfo) -> None:
+    total = info.n_features_total
+    if not 0 <= feature_idx < total:
+        raise ValueError(
+            f"--feature-idx {feature_idx} is out of range; this matrix has {total} features "
+            f"({info.axis}), so pass 0 <= --feature-idx <= {total - 1}"
+        )
+
+
+def run_single(
+    matrix_path: str | os.PathLike,
+    *,
+    feature_idx: int | None = None,
+    n_features: int = 128,
+    n_clusters: int = 8,
+    seed: int = 42,
+    axis: Axis = "columns",
+    cluster_on: ClusterOn = "masks",
+    block_size: int = 8,
+) -> SingleResult:
+    """Analyse one reference feature of the matrix at ``matrix_path``.
+
+    The reference is ``feature_idx`` or, when None, ``default_rng(seed).integers(N)``; its
+    ``n_features`` nearest features by Hamming (ties to the lower index) form the analysed set,
+    clustered with k-means (``n_clusters``, ``random_state=seed``) on masks or weights.
+    """
+    _check_choices(axis, cluster_on)
+    _check_sizes(n_features, n_clusters, block_size)
+    loaded = load_features(matrix_path, axis=axis, with_weights=cluster_on == "weights")
+    _check_against_matrix(loaded.info, n_features)
+    drawn = feature_idx is None
+    if drawn:
+        feature_idx = int(np.random.default_rng(seed).integers(loaded.info.n_features_total))
+    _check_feature_idx(feature_idx, loaded.info)
+    analysis = analyze_feature(
+        loaded.masks,
+        feature_idx,
+        n_features=n_features,
+        n_clusters=n_clusters,
+        seed=seed,
+        cluster_on=cluster_on,
+        weights=loaded.weights,
+        block_size=block_size,
+    )
+    return SingleResult(loaded.info, analysis, drawn)
+
+
+def draw_references(n_total: int, n_executions: int, seed: int) -> list[int]:
+    """``n_executions`` distinct feature indices drawn with ``default_rng(seed)``."""
+    chosen = np.random.default_rng(seed).choice(n_total, size=n_executions, replace=False)
+    return [int(i) for i in chosen]
+
+
+def run_multi(
+    matrix_path: str | os.PathLike,
+    *,
+    n_executions: int = 10,
+    n_features: int = 128,
+    n_clusters: int = 8,
+    seed: int = 42,
+    axis: Axis = "columns",
+    cluster_on: ClusterOn = "masks",
+    block_size: int = 8,
+    progress: bool = True,
+) -> MultiResult:
+    """Run the single analysis on ``n_executions`` distinct reference features drawn without
+    replacement by ``default_rng(seed)``; k-means uses ``random_state=seed`` every time."""
+    _check_choices(axis, cluster_on)
+    _check_sizes(n_features, n_clusters, block_size)
+    if n_executions < 1:
+        raise ValueError(f"--n-executions must be >= 1, got {n_executions}")
+    loaded = load_features(matrix_path, axis=axis, with_weights=cluster_on == "weights")
+    info = loaded.info
+    _check_against_matrix(info, n_features)
+    if n_executions > info.n_features_total:
+        raise ValueError(
+            f"--n-executions {n_executions} is larger than the {info.n_features_total} features "
+            f"of this matrix ({info.axis}); reference features are drawn without replacement, "
+            f"so pass --n-executions {info.n_features_total} or less"
+        )
+    config = {
+        "n_executions": n_executions,
+        "n_features": n_features,
+        "n_clusters": n_clusters,
+        "seed": seed,
+        "axis": axis,
+        "cluster_on": cluster_on,
+        "block_size": block_size,
+    }
+    references = draw_references(info.n_features_total, n_executions, seed)
+    analyses = _analyse_all(loaded, references, config, progress=progress)
+    return MultiResult(info, config, analyses)
+
+
+def _analyse_all(
+    loaded: LoadedMatrix, references: list[int], config: dict, *, progress: bool
+) -> list[FeatureAnalysis]:
+    def one(feature_idx: int) -> FeatureAnalysis:
+        return analyze_feature(
+            loaded.masks,
+            feature_idx,
+            n_features=config["n_features"],
+            n_clusters=config["n_clusters"],
+            seed=config["seed"],
+            cluster_on=config["cluster_on"],
+            weights=loaded.weights,
+            block_size=config["block_size"],
+        )
+
+    if not progress:
+        return [one(i) for i in references]
+    from featgeo.progress import progress_bar
+
+    analyses = []
+    with progress_bar() as bar:
+        task = bar.add_task(f"executions on {loaded.info.name}", total=len(references), status="")
+        for feature_idx in references:
+            bar.update(task, status=f"feature {feature_idx}")
+            analyses.append(one(feature_idx))
+            bar.advance(task)
+        bar.update(task, status="done")
+    return analyses
+
+
+def aggregate_metrics(rows: list[dict]) -> dict[str, dict]:
+    """Mean ± std (population, ``ddof=0``) of every scalar metric over executions, keys sorted.
+
+    A separation ratio is ``inf`` when the within distance is 0; such values are left out of
+    mean and std and counted in ``n_infinite`` (mean is ``inf`` and std None if all are).
+    """
+    out: dict[str, dict] = {}
+    for key in sorted(rows[0]):
+        if key in CONFIG_KEYS or isinstance(rows[0][key], (str, list, bool)):
+            continue
+        values = np.array([row[key] for row in rows], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            mean, std = float(finite.mean()), float(finite.std())
+        else:
+            mean, std = float("inf"), None
+        out[key] = {"mean": mean, "std": std, "n_infinite": int(values.size - finite.size)}
+    return out
+
+
+def band_counts(analyses: list[FeatureAnalysis]) -> dict[str, int]:
+    """How many executions fall in each centroid separation band (excellent ... poor)."""
+    counts = {band: 0 for _, band in SEPARATION_BANDS}
+    counts["poor"] = 0
+    for analysis in analyses:
+        counts[analysis.centroid.centroid_separation_band] += 1
+    return counts
+
+
+def _version() -> str:
+    from featgeo import __version__
+
+    return __version__
+
+
+def single_to_json(result: SingleResult) -> dict:
+    """JSON-ready dict: ``matrix``, ``config``, ``analysis`` (metrics, neighbours, labels)."""
+    a = result.analysis
+    config = {
+        "feature_idx": a.feature_idx,
+        "feature_drawn": result.feature_drawn,
+        "n_features": a.n_features,
+        "n_clusters": a.n_clusters,
+        "seed": a.seed,
+        "axis": result.matrix.axis,
+        "cluster_on": a.cluster_on,
+        "block_size": a.block_size,
+    }
+    return {
+        "featgeo_version": _version(),
+        "matrix": result.matrix.to_dict(),
+        "config": config,
+        "analysis": a.to_dict(),
+    }
+
+
+def multi_to_json(result: MultiResult) -> dict:
+    """JSON-ready dict with ``matrix`` (path, name, shape, sparsity, axis, method, layer,
+    component, ...), ``config``, ``aggregate`` ({metric: {mean, std, n_infinite}}),
+    ``separation_bands`` and ``executions`` (per-execution metrics, neighbours and labels).
+
+    Deterministic: the same inputs and seed give the same dict (no timestamps)."""
+    executions = [
+        {"execution": i, **analysis.to_dict()} for i, analysis in enumerate(result.analyses)
+    ]
+    return {
+        "featgeo_version": _version(),
+        "matrix": result.matrix.to_dict(),
+        "config": dict(result.config),
+        "aggregate": result.aggregate(),
+        "separation_bands": band_counts(result.analyses),
+        "executions": executions,
+    }
+
+
+def aggregate_band(aggregate: dict[str, dict]) -> str:
+    """Band of the mean centroid separation ratio."""
+    return separation_band(aggregate["centroid_separation_ratio"]["mean"])
