@@ -14,13 +14,12 @@ from typer.testing import CliRunner
 
 from featgeo.files import partial_dir
 from featgeo.sparsity import scan as scan_module
+from featgeo.sparsity.blocks import ORDERINGS, greedy_union_order
 from featgeo.sparsity.metrics import block_coherence
 from featgeo.sparsity.scan import (
     COLUMNS,
     HEATMAP_METRICS,
-    ORDERINGS,
     ScanConfig,
-    greedy_union_order,
     read_scan_csv,
     run_scan,
     summarize,

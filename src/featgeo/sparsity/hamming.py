@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 _MAX_EXACT_FLOAT32 = 2**24
+# Below this many byte comparisons (about 0.1 s of popcount work) one single-threaded call wins.
+_PARALLEL_MIN_BYTES = 2**30
 
 
 def pack_masks(masks: np.ndarray) -> np.ndarray:
@@ -70,6 +72,9 @@ def _pairwise_cpu(codes_a: np.ndarray, codes_b: np.ndarray, block: int = 512) ->
     triangle of blocks is computed and then mirrored (half the popcounts)."""
     n_a, n_b = codes_a.shape[0], codes_b.shape[0]
     out = np.empty((n_a, n_b), dtype=np.int32)
+    if n_a * n_b * codes_a.shape[1] < _PARALLEL_MIN_BYTES:  # threads would cost more than they save
+        _hamming_block(codes_a, codes_b, out)
+        return out
     symmetric = codes_b is codes_a
     starts = range(0, n_a, block)
 
