@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from featgeo.sparsity.hamming import nearest_features, pairwise_hamming
 from featgeo.sparsity.metrics import (
@@ -40,7 +41,11 @@ def kmeans(points: np.ndarray, n_clusters: int, seed: int) -> KMeansFit:
             f"--n-clusters {n_clusters} is impossible for {n} points; choose 1 <= k <= {n}"
         )
     fitted = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed, algorithm="lloyd")
-    fitted.fit(points)
+    # scikit-learn sums cluster centres across OpenMP threads, so with many cores the inertia
+    # and centroids change in the last bits from run to run; one thread makes a seed
+    # reproducible (these fits are small: ~129 points).
+    with threadpool_limits(limits=1, user_api="openmp"):
+        fitted.fit(points)
     return KMeansFit(
         fitted.labels_.astype(np.int64),
         fitted.cluster_centers_,

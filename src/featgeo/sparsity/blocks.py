@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from featgeo.sparsity.hamming import pack_masks
 from featgeo.sparsity.metrics import cluster_order
@@ -102,7 +103,8 @@ def kmeans_block_order(masks: np.ndarray, block_size: int, seed: int = 0) -> np.
     with warnings.catch_warnings():  # duplicate masks leave fewer distinct points than k
         warnings.simplefilter("ignore", ConvergenceWarning)
         fitted = KMeans(n_clusters=k, n_init=1, random_state=seed, algorithm="lloyd")
-        fitted.fit(masks.astype(np.float32))
+        with threadpool_limits(limits=1, user_api="openmp"):  # reproducible, see analysis.kmeans
+            fitted.fit(masks.astype(np.float32))
     return cluster_order(fitted.labels_)
 
 
