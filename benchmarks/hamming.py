@@ -36,19 +36,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from featgeo.models.components import COMPONENTS
 from featgeo.sparsity.hamming import nearest_features, pack_masks, pairwise_hamming
 from featgeo.sparsity.matrices import feature_masks, load_matrix
 
 console = Console(width=150)
-COMPONENTS = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-)
 
 
 def machine() -> dict:
