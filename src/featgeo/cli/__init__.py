@@ -75,21 +75,16 @@ def _root(
 
 
 def _register() -> None:
+    from featgeo.cli import corpus as corpus_cli
+    from featgeo.cli import hamming as hamming_cli
     from featgeo.cli import model as model_cli
     from featgeo.cli import prune as prune_cli
 
     app.add_typer(model_cli.app, name="model")
+    app.add_typer(corpus_cli.app, name="corpus")
     app.command("prune")(prune_cli.prune)
     app.command("ppl")(prune_cli.ppl)
-    from featgeo.cli import corpus as corpus_cli
-
-    app.add_typer(corpus_cli.app, name="corpus")
-    try:
-        from featgeo.cli import hamming as hamming_cli
-    except ImportError:  # while the hamming commands are being written
-        pass
-    else:
-        app.add_typer(hamming_cli.app, name="hamming")
+    app.add_typer(hamming_cli.app, name="hamming")
     _wrap_commands(app)
 
 
