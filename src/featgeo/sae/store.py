@@ -1,0 +1,440 @@
+"""An on-disk store of SAE codes, one row per token, written in one resumable pass.
+
+Layout of a finished store folder (every array an ``.npy`` file, opened memory-mapped)::
+
+    header.json      format_version, model, layer, split, fingerprints, context_size,
+                     n_tokens, d_sae, featgeo_version, complete
+    indptr.npy       int64 [n_tokens + 1]   CSR row pointers into latents/values
+    latents.npy      int32 [nnz]            active latent ids, ascending within a row
+    values.npy       float32 [nnz]          their activations (exactly what encode returned)
+    token_ids.npy    int32 [n_tokens]
+    doc_index.npy    int32 [n_tokens]       document index within the split
+    chunk_index.npy  int32 [n_tokens]       window index within the document
+    position.npy     int32 [n_tokens]       position in the window (>= 1; position 0 dropped)
+
+While building, the folder lives at ``files.partial_dir(folder)`` and fills with shards (each a
+folder of whole batches, renamed into place atomically) plus ``progress.json`` listing finished
+shards and the number of batches they consumed. A rerun with the same header skips that many
+batches of the (deterministic) batch iterator, so no row is stored twice. At the end the shards
+are concatenated into the arrays above and the folder is renamed to ``folder``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+import featgeo
+from featgeo.cache import cache_dir
+from featgeo.errors import InputError
+from featgeo.files import atomic_path, partial_dir, read_json, staging_dir, write_json
+from featgeo.progress import progress_bar
+
+if TYPE_CHECKING:
+    from featgeo.sae.activations import ActivationBatch
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+HEADER = "header.json"
+PROGRESS = "progress.json"
+REQUIRED_HEADER_KEYS: tuple[str, ...] = (
+    "model",
+    "layer",
+    "split",
+    "corpus_fingerprint",
+    "encoder_fingerprint",
+    "context_size",
+)
+"""What a caller must put in the header; they decide whether a store can be reused."""
+_TOKEN_ARRAYS: dict[str, type] = {
+    "token_ids": np.int32,
+    "doc_index": np.int32,
+    "chunk_index": np.int32,
+    "position": np.int32,
+}
+_CODE_ARRAYS: dict[str, type] = {"latents": np.int32, "values": np.float32}
+_SHARD_TOKENS = 65_536
+
+
+def store_key(
+    model_fingerprint: str,
+    encoder_fingerprint: str,
+    corpus_fingerprint: str,
+    split: str,
+    layer: int,
+    context_size: int,
+    max_tokens: int | None,
+) -> str:
+    """sha256 hex[:16] of everything that decides a store's content (and the format version)."""
+    fields = {
+        "format_version": FORMAT_VERSION,
+        "model": model_fingerprint,
+        "encoder": encoder_fingerprint,
+        "corpus": corpus_fingerprint,
+        "split": split,
+        "layer": int(layer),
+        "context_size": int(context_size),
+        "max_tokens": None if max_tokens is None else int(max_tokens),
+    }
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def default_store_dir(key: str) -> Path:
+    """``cache_dir()/activation_stores/{key}``."""
+    return cache_dir() / "activation_stores" / key
+
+
+class ActivationStore:
+    """Read access to a finished store; use :meth:`open` (or :func:`build_store`)."""
+
+    def __init__(self, folder: Path, header: dict[str, Any], arrays: dict[str, np.ndarray]):
+        self.folder = folder
+        self.header = header
+        self.indptr: np.ndarray = arrays["indptr"]
+        """int64 [n_tokens + 1]."""
+        self.latents: np.ndarray = arrays["latents"]
+        """int32 [nnz]."""
+        self.values: np.ndarray = arrays["values"]
+        """float32 [nnz]."""
+        self.token_ids: np.ndarray = arrays["token_ids"]
+        self.doc_index: np.ndarray = arrays["doc_index"]
+        self.chunk_index: np.ndarray = arrays["chunk_index"]
+        self.position: np.ndarray = arrays["position"]
+
+    @classmethod
+    def open(cls, folder: str | Path) -> ActivationStore:
+        """Open a finished store folder (arrays memory-mapped read-only)."""
+        folder = Path(folder)
+        if not (folder / HEADER).is_file():
+            raise FileNotFoundError(
+                f"activation store '{folder}' does not exist (no {HEADER}); build it first"
+            )
+        header = read_json(folder / HEADER)
+        if header.get("format_version") != FORMAT_VERSION or not header.get("complete"):
+            raise ValueError(
+                f"activation store '{folder}' is incomplete or of format version "
+                f"{header.get('format_version')!r} (expected {FORMAT_VERSION}); rebuild it"
+            )
+        names = ["indptr", *_CODE_ARRAYS, *_TOKEN_ARRAYS]
+        arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in names}
+        n = int(header["n_tokens"])
+        assert arrays["indptr"].shape == (n + 1,), "indptr does not match n_tokens"
+        return cls(folder, header, arrays)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.header["n_tokens"])
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.header["d_sae"])
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationStore('{self.folder.name}', n_tokens={self.n_tokens}, "
+            f"d_sae={self.d_sae}, nnz={self.nnz})"
+        )
+
+    def _rows(self, rows: Sequence[int] | np.ndarray | slice | None) -> np.ndarray:
+        if rows is None:
+            return np.arange(self.n_tokens)
+        if isinstance(rows, slice):
+            return np.arange(self.n_tokens)[rows]
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise TypeError(f"rows must be a 1-D array of ints or a slice, got {rows.dtype}")
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_tokens):
+            raise ValueError(f"rows must lie in 0..{self.n_tokens - 1}")
+        return rows.astype(np.int64)
+
+    def codes(self, rows=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CSR codes of ``rows`` (default all): (indptr [len(rows)+1], latents, values)."""
+        rows = self._rows(rows)
+        starts, ends = self.indptr[rows], self.indptr[rows + 1]
+        counts = ends - starts
+        indptr = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        # Flat positions of every stored entry of the selected rows, in row order.
+        flat = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])
+        return indptr, np.asarray(self.latents[flat]), np.asarray(self.values[flat])
+
+    def dense_codes(self, rows=None, latent_subset: Sequence[int] | None = None) -> np.ndarray:
+        """Dense float32 codes [len(rows), k] (k = d_sae, or len(latent_subset) in its order)."""
+        indptr, latents, values = self.codes(rows)
+        column = self._column_map(latent_subset)
+        k = int((column >= 0).sum())
+        out = np.zeros((indptr.size - 1, k), dtype=np.float32)
+        row_of = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
+        cols = column[latents]
+        hit = cols >= 0
+        out[row_of[hit], cols[hit]] = values[hit]
+        return out
+
+    def _column_map(self, latent_ids: Sequence[int] | None) -> np.ndarray:
+        """latent id -> output column (-1 = not requested), as an int64 array of size d_sae."""
+        if latent_ids is None:
+            return np.arange(self.d_sae)
+        ids = np.asarray(latent_ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.d_sae):
+            raise ValueError(f"latent ids must lie in 0..{self.d_sae - 1}, got {ids.tolist()}")
+        if np.unique(ids).size != ids.size:
+            raise ValueError(f"latent ids must be distinct, got {ids.tolist()}")
+        column = np.full(self.d_sae, -1, dtype=np.int64)
+        column[ids] = np.arange(ids.size)
+        return column
+
+    def latent_activations(
+        self, latent_ids: Sequence[int], *, block: int = 1 << 24
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens where any of ``latent_ids`` is active, and those latents' values there.
+
+        Returns ``(token_rows int64 [n], values float32 [n, len(latent_ids)])``, rows ascending,
+        columns in the order of ``latent_ids``. Scans the store ``block`` entries at a time.
+        """
+        column = self._column_map(latent_ids)
+        n_cols = int((column >= 0).sum())
+        found_rows, found_cols, found_vals = [], [], []
+        for start in range(0, self.nnz, block):
+            stop = min(start + block, self.nnz)
+            cols = column[np.asarray(self.latents[start:stop])]
+            (hit,) = np.nonzero(cols >= 0)
+            if hit.size:
+                # Entry position -> its token row: the last row whose start is <= position.
+                found_rows.append(np.searchsorted(self.indptr, start + hit, side="right") - 1)
+                found_cols.append(cols[hit])
+                found_vals.append(np.asarray(self.values[start:stop])[hit])
+        if not found_rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, n_cols), dtype=np.float32)
+        rows = np.concatenate(found_rows)
+        token_rows, inverse = np.unique(rows, return_inverse=True)
+        out = np.zeros((token_rows.size, n_cols), dtype=np.float32)
+        out[inverse, np.concatenate(found_cols)] = np.concatenate(found_vals)
+        return token_rows.astype(np.int64), out
+
+
+def _same_header(stored: dict[str, Any], header: dict[str, Any]) -> bool:
+    wanted = json.loads(json.dumps(header, default=str))
+    return stored.get("format_version") == FORMAT_VERSION and all(
+        stored.get(k) == v for k, v in wanted.items()
+    )
+
+
+def _check_header(header: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(header, dict):
+        raise TypeError(f"header must be a dict, got {type(header).__name__}")
+    missing = [k for k in REQUIRED_HEADER_KEYS if k not in header]
+    if missing:
+        raise ValueError(f"header is missing {missing}; it needs {list(REQUIRED_HEADER_KEYS)}")
+    try:
+        return json.loads(json.dumps(header))
+    except TypeError as exc:
+        raise TypeError(f"header must hold only JSON values: {exc}") from None
+
+
+def build_store(
+    folder: str | Path,
+    batches: Iterable[ActivationBatch],
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    header: dict[str, Any],
+    *,
+    progress: bool = True,
+    shard_tokens: int = _SHARD_TOKENS,
+) -> ActivationStore:
+    """Encode every batch and store the non-zero codes per token (resumable, reusable).
+
+    Parameters
+    ----------
+    folder : path
+        Final store folder (e.g. ``default_store_dir(store_key(...))``).
+    batches : iterable of ActivationBatch
+        Must be deterministic: a resumed build skips the batches already stored by count.
+    encode : callable
+        ``acts [n, d_model] -> codes [n, d_sae]``; zeros are not stored.
+    header : dict
+        JSON values including :data:`REQUIRED_HEADER_KEYS` (and optionally ``d_sae``, checked
+        against the encoder output). A finished store with an equal header is returned as is.
+    shard_tokens : int
+        A shard is flushed once it holds at least this many tokens (whole batches only).
+    """
+    folder = Path(folder)
+    header = _check_header(header)
+    stored = read_json(folder / HEADER) if (folder / HEADER).is_file() else {}
+    if stored.get("complete") is True and _same_header(stored, header):
+        store = ActivationStore.open(folder)
+        log.info("reusing activation store %s (%d tokens)", folder, store.n_tokens)
+        return store
+    staging = partial_dir(folder)
+    state = _resume_state(staging, header)
+    try:
+        with staging_dir(folder, keep_on_error=True) as staging:
+            _fill_shards(staging, batches, encode, header, state, progress, shard_tokens)
+            _finish(staging, header, state)
+    except BaseException:
+        if not state["shards"]:  # nothing worth resuming
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ActivationStore.open(folder)
+
+
+def _resume_state(staging: Path, header: dict[str, Any]) -> dict[str, Any]:
+    """The progress of an earlier interrupted build with this header, or a fresh start."""
+    progress_file = staging / PROGRESS
+    if progress_file.is_file():
+        state = read_json(progress_file)
+        if state.get("format_version") == FORMAT_VERSION and state.get("header") == header:
+            log.info(
+                "resuming activation store from %d shards (%d batches)",
+                len(state["shards"]),
+                state["batches_done"],
+            )
+            return state
+    if staging.exists():
+        shutil.rmtree(staging)
+    return {
+        "format_version": FORMAT_VERSION,
+        "header": header,
+        "shards": [],
+        "batches_done": 0,
+        "d_sae": header.get("d_sae"),
+    }
+
+
+def _fill_shards(staging, batches, encode, header, state, progress, shard_tokens) -> None:
+    pending: list[dict[str, np.ndarray]] = []
+    pending_batches = 0
+    n_done = sum(s["n_tokens"] for s in state["shards"])
+    total = header.get("max_tokens")
+    with progress_bar(transient=True) if progress else _NullBar() as bar:
+        task = bar.add_task("SAE codes", total=total, completed=n_done, status="")
+        for i, batch in enumerate(batches):
+            if i < state["batches_done"]:
+                continue  # stored by an earlier, interrupted run
+            pending.append(_encode_batch(batch, encode, state))
+            pending_batches += 1
+            bar.update(task, advance=batch.n_tokens)
+            if sum(p["token_ids"].size for p in pending) >= shard_tokens:
+                _write_shard(staging, pending, pending_batches, state)
+                pending, pending_batches = [], 0
+        if pending:
+            _write_shard(staging, pending, pending_batches, state)
+    if not state["shards"]:
+        raise InputError(f"split {header['split']!r} gave no tokens; nothing to store")
+
+
+class _NullBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *args, **kwargs):
+        return 0
+
+    def update(self, *args, **kwargs):
+        pass
+
+
+def _encode_batch(batch, encode, state) -> dict[str, np.ndarray]:
+    """Encode one batch and extract its non-zeros row by row (CSR pieces)."""
+    n = batch.n_tokens
+    codes = encode(batch.acts)
+    if not isinstance(codes, torch.Tensor) or codes.ndim != 2 or codes.shape[0] != n:
+        shape = tuple(codes.shape) if hasattr(codes, "shape") else type(codes).__name__
+        raise ValueError(f"encode must return a tensor [n_tokens={n}, d_sae], got {shape}")
+    d_sae = state["d_sae"]
+    if d_sae is None:
+        state["d_sae"] = d_sae = int(codes.shape[1])
+    if codes.shape[1] != d_sae:
+        raise ValueError(
+            f"encode returned {codes.shape[1]} latents per token, expected d_sae={d_sae}; "
+            "check that the encoder matches the header"
+        )
+    codes = codes.detach().to("cpu", torch.float32)
+    if not bool(torch.isfinite(codes).all()):
+        raise ValueError("encode returned NaN or infinite codes; check the encoder and inputs")
+    rows, cols = (codes != 0).nonzero(as_tuple=True)  # row-major: latents ascending per row
+    counts = torch.bincount(rows, minlength=n)
+    piece = {
+        "counts": counts.numpy().astype(np.int64),
+        "latents": cols.to(torch.int32).numpy(),
+        "values": codes[rows, cols].numpy(),
+    }
+    for name, dtype in _TOKEN_ARRAYS.items():
+        piece[name] = np.asarray(getattr(batch, name), dtype=dtype).reshape(-1)
+        if piece[name].size != n:
+            raise ValueError(f"batch.{name} has {piece[name].size} entries for {n} tokens")
+    return piece
+
+
+def _write_shard(staging: Path, pieces, n_batches: int, state: dict[str, Any]) -> None:
+    """Write whole batches as one shard folder (atomically), then record it in progress.json."""
+    name = f"shard-{len(state['shards']):05d}"
+    with staging_dir(staging / name) as shard:
+        for key in ["counts", *_CODE_ARRAYS, *_TOKEN_ARRAYS]:
+            np.save(shard / f"{key}.npy", np.concatenate([p[key] for p in pieces]))
+    n_tokens = int(sum(p["token_ids"].size for p in pieces))
+    nnz = int(sum(p["latents"].size for p in pieces))
+    state["shards"].append({"name": name, "n_tokens": n_tokens, "nnz": nnz, "batches": n_batches})
+    state["batches_done"] += n_batches
+    write_json(staging / PROGRESS, state)
+
+
+def _finish(staging: Path, header: dict[str, Any], state: dict[str, Any]) -> None:
+    """Concatenate the shards into the final arrays and write the header."""
+    shards = state["shards"]
+    n_tokens = sum(s["n_tokens"] for s in shards)
+    nnz = sum(s["nnz"] for s in shards)
+    sizes = {"indptr": n_tokens + 1, **dict.fromkeys(_CODE_ARRAYS, nnz)}
+    sizes.update(dict.fromkeys(_TOKEN_ARRAYS, n_tokens))
+    dtypes = {"indptr": np.int64, **_CODE_ARRAYS, **_TOKEN_ARRAYS}
+    for key, size in sizes.items():
+        with atomic_path(staging / f"{key}.npy") as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtypes[key], shape=(size,))
+            _concat_into(out, key, staging, shards)
+            out.flush()
+            del out
+    # Without progress.json a crash from here on restarts cleanly rather than half-resuming.
+    (staging / PROGRESS).unlink()
+    for shard in shards:
+        shutil.rmtree(staging / shard["name"])
+    write_json(
+        staging / HEADER,
+        {
+            "format_version": FORMAT_VERSION,
+            **header,
+            "n_tokens": n_tokens,
+            "d_sae": state["d_sae"],
+            "featgeo_version": featgeo.__version__,
+            "complete": True,
+        },
+    )
+
+
+def _concat_into(out: np.ndarray, key: str, staging: Path, shards) -> None:
+    pos, entries = 0, 0
+    if key == "indptr":
+        out[0] = 0
+    for shard in shards:
+        src = "counts" if key == "indptr" else key
+        part = np.load(staging / shard["name"] / f"{src}.npy", mmap_mode="r")
+        if key == "indptr":
+            out[pos + 1 : pos + 1 + part.size] = entries + np.cumsum(part)
+            entries += int(part.sum())
+        else:
+            out[pos : pos + part.size] = part
+        pos += part.size
