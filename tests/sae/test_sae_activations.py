@@ -8,22 +8,11 @@ import torch
 
 from featgeo.corpus import Corpus, load_corpus
 from featgeo.models.components import decoder_layers
-from featgeo.models.loading import load_model, load_tokenizer
 from featgeo.sae.activations import (
     document_chunks,
     iter_activation_batches,
     residual_activations,
 )
-
-
-@pytest.fixture(scope="module")
-def model(tiny_llama):
-    return load_model(tiny_llama)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_llama):
-    return load_tokenizer(tiny_llama)
 
 
 @pytest.fixture(scope="module")

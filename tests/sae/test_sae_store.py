@@ -10,7 +10,6 @@ import torch
 
 from featgeo.corpus import Corpus, load_corpus
 from featgeo.files import partial_dir
-from featgeo.models.loading import load_model, load_tokenizer
 from featgeo.sae.activations import iter_activation_batches
 from featgeo.sae.store import (
     ActivationStore,
@@ -20,16 +19,6 @@ from featgeo.sae.store import (
 )
 
 D_SAE, TOP_K, CONTEXT, BATCH = 96, 8, 32, 4
-
-
-@pytest.fixture(scope="module")
-def model(tiny_llama):
-    return load_model(tiny_llama)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_llama):
-    return load_tokenizer(tiny_llama)
 
 
 @pytest.fixture(scope="module")
