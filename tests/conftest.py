@@ -119,3 +119,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_llama):
+    """The tiny Llama, loaded once per test module."""
+    from featgeo.models import load_model
+
+    return load_model(tiny_llama)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llama):
+    from featgeo.models import load_tokenizer
+
+    return load_tokenizer(tiny_llama)
