@@ -134,3 +134,34 @@ def tokenizer(tiny_llama):
     from featgeo.models import load_tokenizer
 
     return load_tokenizer(tiny_llama)
+
+
+class _CodeRunningPickle:
+    """Unpickling this would write a marker file; weights_only loading must refuse it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (_write_marker, (str(self.marker),))
+
+
+def _write_marker(path: str) -> None:
+    Path(path).write_text("executed")
+
+
+@pytest.fixture
+def bad_matrix_files(tmp_path) -> dict[str, Path]:
+    """Matrix files featgeo must refuse, by name: missing, a pickled dict, a pickle whose loading
+    would run code (it would create ``tmp_path / "MARKER"``), a 3-D tensor, a matrix with NaN."""
+    paths = {"missing": tmp_path / "missing.pt"}
+    torch.save({"a": 1}, paths.setdefault("dict", tmp_path / "dict.pt"))
+    torch.save(
+        _CodeRunningPickle(tmp_path / "MARKER"),
+        paths.setdefault("exploit", tmp_path / "exploit.pt"),
+    )
+    torch.save(torch.ones(2, 3, 4), paths.setdefault("3d", tmp_path / "3d.pt"))
+    nan = (torch.arange(48).reshape(8, 6) % 2).float()
+    nan[0, 0] = float("nan")
+    torch.save(nan, paths.setdefault("nan", tmp_path / "nan.pt"))
+    return paths

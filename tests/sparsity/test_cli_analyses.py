@@ -120,30 +120,9 @@ def test_dense_matrix_warns_on_one_line_and_runs(tmp_path):
     assert "centroid separation ratio" in result.stdout
 
 
-class Exploit:
-    """Unpickling this would write a marker file; weights_only loading must refuse it."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (_write_marker, (str(self.marker),))
-
-
-def _write_marker(path: str) -> None:
-    Path(path).write_text("executed")
-
-
 @pytest.fixture
-def bad(tmp_path, matrix_path) -> dict[str, Path]:
-    paths = {"ok": matrix_path, "missing": tmp_path / "missing.pt"}
-    torch.save({"a": 1}, paths.setdefault("dict", tmp_path / "dict.pt"))
-    torch.save(Exploit(tmp_path / "MARKER"), paths.setdefault("exploit", tmp_path / "exploit.pt"))
-    torch.save(torch.ones(2, 3, 4), paths.setdefault("3d", tmp_path / "3d.pt"))
-    nan = pruned(d=8, n=6)
-    nan[1, 2] = float("nan")
-    torch.save(nan, paths.setdefault("nan", tmp_path / "nan.pt"))
-    return paths
+def bad(bad_matrix_files, matrix_path) -> dict[str, Path]:
+    return {**bad_matrix_files, "ok": matrix_path}
 
 
 CLI_BAD = [

@@ -246,33 +246,6 @@ def test_dense_matrix_warns_and_runs(tmp_path):
     assert result.analysis.neighbour_distances.tolist() == [0] * 5
 
 
-class Exploit:
-    """Unpickling this would write a marker file; weights_only loading must refuse it."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (_write_marker, (str(self.marker),))
-
-
-def _write_marker(path: str) -> None:
-    Path(path).write_text("executed")
-
-
-def bad_inputs(tmp_path: Path) -> dict[str, Path]:
-    """Bad matrix files, by name (shared with the CLI test's table)."""
-    paths = {"missing": tmp_path / "missing.pt"}
-    torch.save({"a": 1}, paths.setdefault("dict", tmp_path / "dict.pt"))
-    torch.save(Exploit(tmp_path / "MARKER"), paths.setdefault("exploit", tmp_path / "exploit.pt"))
-    torch.save(torch.ones(2, 3, 4), paths.setdefault("3d", tmp_path / "3d.pt"))
-    nan = planted_matrix(d=8, n=6)
-    nan[0, 0] = float("nan")
-    torch.save(nan, paths.setdefault("nan", tmp_path / "nan.pt"))
-    paths["ok"] = save(planted_matrix(), tmp_path / "ok.pt")
-    return paths
-
-
 BAD = [
     ("missing", {}, FileNotFoundError, "does not exist"),
     ("dict", {}, ValueError, "holds a dict, not a tensor"),
@@ -290,8 +263,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("name,kwargs,error,match", BAD, ids=[f"{b[0]}-{b[3][:24]}" for b in BAD])
-def test_bad_inputs(tmp_path, name, kwargs, error, match):
-    paths = bad_inputs(tmp_path)
+def test_bad_inputs(tmp_path, bad_matrix_files, name, kwargs, error, match):
+    paths = {**bad_matrix_files, "ok": save(planted_matrix(), tmp_path / "ok.pt")}
     with pytest.raises(error, match=match):
         run_single(paths[name], **{"feature_idx": 0, "n_features": 8, **kwargs})
     multi_kwargs = {k: v for k, v in kwargs.items() if k != "feature_idx"}
