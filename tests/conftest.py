@@ -137,17 +137,14 @@ def tokenizer(tiny_llama):
 
 
 class _CodeRunningPickle:
-    """Unpickling this would write a marker file; weights_only loading must refuse it."""
+    """Unpickling this would write a marker file; weights_only loading must refuse it. It reduces
+    to a stdlib callable so that it pickles whichever module holds the name ``conftest``."""
 
     def __init__(self, marker: Path):
         self.marker = marker
 
     def __reduce__(self):
-        return (_write_marker, (str(self.marker),))
-
-
-def _write_marker(path: str) -> None:
-    Path(path).write_text("executed")
+        return (Path.write_text, (self.marker, "executed"))
 
 
 @pytest.fixture
