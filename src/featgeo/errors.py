@@ -15,4 +15,11 @@ class HubUnreachableError(InputError):
     """A hub id was given but no model hub can be reached from this machine."""
 
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+)

@@ -37,6 +37,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _tmp_sibling(path, path.suffix)
     try:
         yield tmp
+        if tmp.is_file():  # writers that recreate the file (safetensors) leave it 0600
+            os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -52,6 +54,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(
         path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
     )
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]], columns: list[str]) -> Path:
+    """Write ``rows`` (dicts) as CSV with exactly ``columns``, in that order."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=columns)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
 
 
 def _json_default(obj: Any) -> Any:

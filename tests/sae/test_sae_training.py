@@ -200,7 +200,7 @@ def test_defaults():
     [
         ({"k": 65}, ValueError, "--k 65 is larger than --d-sae 64"),
         ({"d_sae": 0}, ValueError, "--d-sae must be >= 1, got 0"),
-        ({"total_tokens": -5}, ValueError, "--total-tokens must be >= 1"),
+        ({"total_tokens": -5}, ValueError, "--tokens must be >= 1"),
         ({"batch_size": 0}, ValueError, "--batch-size must be >= 1"),
         ({"batch_size": 2.5}, TypeError, "batch_size must be an int"),
         ({"lr": -1.0}, ValueError, "--lr must be a positive number"),
@@ -244,6 +244,6 @@ def test_bad_activations(activations, error, match):
 
 
 def test_short_stream_warns():
-    with pytest.warns(UserWarning, match="ran out after 300 of --total-tokens 8192"):
+    with pytest.warns(UserWarning, match="ran out after 300 of --tokens 8192"):
         trainer = SAETrainer(make_config()).fit([torch.randn(300, 8)])
     assert trainer.tokens_seen_ == 300

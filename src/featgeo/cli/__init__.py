@@ -79,12 +79,14 @@ def _register() -> None:
     from featgeo.cli import hamming as hamming_cli
     from featgeo.cli import model as model_cli
     from featgeo.cli import prune as prune_cli
+    from featgeo.cli import sae as sae_cli
 
     app.add_typer(model_cli.app, name="model")
     app.add_typer(corpus_cli.app, name="corpus")
     app.command("prune")(prune_cli.prune)
     app.command("ppl")(prune_cli.ppl)
     app.add_typer(hamming_cli.app, name="hamming")
+    app.add_typer(sae_cli.app, name="sae")
     _wrap_commands(app)
 
 

@@ -7,6 +7,7 @@ that says to pass a local folder instead of hanging on network timeouts.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -115,6 +116,15 @@ def load_tokenizer(spec: str | os.PathLike = EMBEDDED):
 
     resolved = resolve_model(spec)
     return AutoTokenizer.from_pretrained(resolved.source, local_files_only=resolved.kind != "hub")
+
+
+def model_fingerprint(source: str | os.PathLike) -> str:
+    """Name, size and mtime of a local model folder's files (a hub id stands for itself)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return str(source)
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())]
+    return json.dumps([str(folder.resolve()), stats])
 
 
 def resolve_device(device: str) -> torch.device:

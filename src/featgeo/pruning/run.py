@@ -9,7 +9,6 @@ hidden states entering the next layer), and the same command resumes from there.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import time
@@ -24,7 +23,7 @@ from featgeo.corpus.windows import calibration_windows, eval_windows, split_toke
 from featgeo.files import partial_dir, read_json, replace_dir, save_tensor, write_json
 from featgeo.models import decoder_layers, get_component, load_model, parse_components, parse_layers
 from featgeo.models.components import weight_sparsity
-from featgeo.models.loading import load_tokenizer, resolve_device, resolve_model
+from featgeo.models.loading import load_tokenizer, model_fingerprint, resolve_device, resolve_model
 from featgeo.models.perplexity import perplexity
 from featgeo.progress import progress_bar
 from featgeo.pruning.base import get_pruner
@@ -188,7 +187,7 @@ def _result_from_summary(folder: Path, summary: dict) -> MethodResult:
 
 def _dense_perplexity(prep: PreparedRun, out: Path) -> float:
     """Dense perplexity, cached under ``out`` so reruns and extra methods skip it."""
-    digest = hashlib.sha256(_model_fingerprint(prep.model_source).encode())
+    digest = hashlib.sha256(model_fingerprint(prep.model_source).encode())
     digest.update(prep.eval_ids.numpy().tobytes())
     key = digest.hexdigest()[:16]
     cache = out / f".dense_ppl-{key}.json"
@@ -199,15 +198,6 @@ def _dense_perplexity(prep: PreparedRun, out: Path) -> float:
     prep.seconds["eval_dense"] = time.perf_counter() - start
     write_json(cache, {"dense_ppl": ppl, "seconds": prep.seconds["eval_dense"]})
     return ppl
-
-
-def _model_fingerprint(source: str) -> str:
-    """Name, size and mtime of a local model folder's files (a hub id stands for itself)."""
-    folder = Path(source)
-    if not folder.is_dir():
-        return source
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())]
-    return json.dumps([str(folder.resolve()), stats])
 
 
 def _load_state(staging: Path, settings: dict) -> dict | None:

@@ -230,14 +230,19 @@ def _cut(batch: ActivationBatch, emitted: int, max_tokens: int | None):
     return cut, max_tokens, True
 
 
-def _run_batch(model: nn.Module, chunks: list[Chunk], layer: int) -> ActivationBatch:
+def pad_chunks(chunks: list[Chunk]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids [b, seq] (int64) and the mask of real tokens [b, seq] (bool)."""
     lengths = torch.tensor([c.token_ids.numel() for c in chunks])
     seq = int(lengths.max())
     ids = torch.zeros(len(chunks), seq, dtype=torch.long)  # pad id is irrelevant: masked out
     for row, chunk in enumerate(chunks):
         ids[row, : chunk.token_ids.numel()] = chunk.token_ids
-    positions = torch.arange(seq)
-    valid = positions[None, :] < lengths[:, None]  # [b, seq]
+    valid = torch.arange(seq)[None, :] < lengths[:, None]  # [b, seq]
+    return ids, valid
+
+
+def _run_batch(model: nn.Module, chunks: list[Chunk], layer: int) -> ActivationBatch:
+    ids, valid = pad_chunks(chunks)
     mask = None if bool(valid.all()) else valid.long()
     hidden = residual_activations(model, ids, layer, attention_mask=mask)  # [b, seq, d]
     # Drop position 0 (attention sink) and padding; keep row-major order (chunk, position).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,10 +23,17 @@ WEIGHTS_FILENAME = "sae_weights.safetensors"
 FEATGEO_FILENAME = "featgeo_sae.json"
 
 
-def save_sae(sae: SparseAutoencoder, folder: str | os.PathLike) -> Path:
+def save_sae(
+    sae: SparseAutoencoder,
+    folder: str | os.PathLike,
+    *,
+    extra_json: dict[str, Any] | None = None,
+) -> Path:
     """Write ``sae`` to ``folder`` in SAELens format; the folder appears complete or not at all.
 
-    An existing folder at that path is replaced. Returns the folder.
+    ``extra_json`` maps file names to JSON objects written into the same folder (e.g. a
+    training summary), atomically with the weights. An existing folder at that path is
+    replaced. Returns the folder.
     """
     from safetensors.torch import save_file
 
@@ -46,6 +54,8 @@ def save_sae(sae: SparseAutoencoder, folder: str | os.PathLike) -> Path:
             tmp / FEATGEO_FILENAME,
             {"featgeo_version": __version__, "format": "saelens", "kind": "sae"},
         )
+        for name, payload in (extra_json or {}).items():
+            write_json(tmp / name, payload)
     return folder
 
 

@@ -12,11 +12,7 @@ Layout of a finished store folder (every array an ``.npy`` file, opened memory-m
     chunk_index.npy  int32 [n_tokens]       window index within the document
     position.npy     int32 [n_tokens]       position in the window (>= 1; position 0 dropped)
 
-While building, the folder lives at ``files.partial_dir(folder)`` and fills with shards (each a
-folder of whole batches, renamed into place atomically) plus ``progress.json`` listing finished
-shards and the number of batches they consumed. A rerun with the same header skips that many
-batches of the (deterministic) batch iterator, so no row is stored twice. At the end the shards
-are concatenated into the arrays above and the folder is renamed to ``folder``.
+Built resumably in shards by :mod:`featgeo.sae.sharded`.
 """
 
 from __future__ import annotations
@@ -24,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,20 +27,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-import featgeo
 from featgeo.cache import cache_dir
-from featgeo.errors import InputError
-from featgeo.files import atomic_path, partial_dir, read_json, staging_dir, write_json
-from featgeo.progress import progress_bar
+from featgeo.sae.sharded import FORMAT_VERSION, is_complete, open_arrays, write_sharded
 
 if TYPE_CHECKING:
     from featgeo.sae.activations import ActivationBatch
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-HEADER = "header.json"
-PROGRESS = "progress.json"
 REQUIRED_HEADER_KEYS: tuple[str, ...] = (
     "model",
     "layer",
@@ -115,18 +104,8 @@ class ActivationStore:
     def open(cls, folder: str | Path) -> ActivationStore:
         """Open a finished store folder (arrays memory-mapped read-only)."""
         folder = Path(folder)
-        if not (folder / HEADER).is_file():
-            raise FileNotFoundError(
-                f"activation store '{folder}' does not exist (no {HEADER}); build it first"
-            )
-        header = read_json(folder / HEADER)
-        if header.get("format_version") != FORMAT_VERSION or not header.get("complete"):
-            raise ValueError(
-                f"activation store '{folder}' is incomplete or of format version "
-                f"{header.get('format_version')!r} (expected {FORMAT_VERSION}); rebuild it"
-            )
         names = ["indptr", *_CODE_ARRAYS, *_TOKEN_ARRAYS]
-        arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in names}
+        header, arrays = open_arrays(folder, names, "activation store")
         n = int(header["n_tokens"])
         assert arrays["indptr"].shape == (n + 1,), "indptr does not match n_tokens"
         return cls(folder, header, arrays)
@@ -226,13 +205,6 @@ class ActivationStore:
         return token_rows.astype(np.int64), out
 
 
-def _same_header(stored: dict[str, Any], header: dict[str, Any]) -> bool:
-    wanted = json.loads(json.dumps(header, default=str))
-    return stored.get("format_version") == FORMAT_VERSION and all(
-        stored.get(k) == v for k, v in wanted.items()
-    )
-
-
 def _check_header(header: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise TypeError(f"header must be a dict, got {type(header).__name__}")
@@ -272,93 +244,33 @@ def build_store(
     """
     folder = Path(folder)
     header = _check_header(header)
-    stored = read_json(folder / HEADER) if (folder / HEADER).is_file() else {}
-    if stored.get("complete") is True and _same_header(stored, header):
+    if is_complete(folder, header):
         store = ActivationStore.open(folder)
         log.info("reusing activation store %s (%d tokens)", folder, store.n_tokens)
         return store
-    staging = partial_dir(folder)
-    state = _resume_state(staging, header)
-    try:
-        with staging_dir(folder, keep_on_error=True) as staging:
-            _fill_shards(staging, batches, encode, header, state, progress, shard_tokens)
-            _finish(staging, header, state)
-    except BaseException:
-        if not state["shards"]:  # nothing worth resuming
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_sharded(
+        folder,
+        batches,
+        lambda batch, info: _encode_batch(batch, encode, info),
+        header,
+        info={"d_sae": header.get("d_sae")},
+        description="SAE codes",
+        progress=progress,
+        shard_tokens=shard_tokens,
+    )
     return ActivationStore.open(folder)
 
 
-def _resume_state(staging: Path, header: dict[str, Any]) -> dict[str, Any]:
-    """The progress of an earlier interrupted build with this header, or a fresh start."""
-    progress_file = staging / PROGRESS
-    if progress_file.is_file():
-        state = read_json(progress_file)
-        if state.get("format_version") == FORMAT_VERSION and state.get("header") == header:
-            log.info(
-                "resuming activation store from %d shards (%d batches)",
-                len(state["shards"]),
-                state["batches_done"],
-            )
-            return state
-    if staging.exists():
-        shutil.rmtree(staging)
-    return {
-        "format_version": FORMAT_VERSION,
-        "header": header,
-        "shards": [],
-        "batches_done": 0,
-        "d_sae": header.get("d_sae"),
-    }
-
-
-def _fill_shards(staging, batches, encode, header, state, progress, shard_tokens) -> None:
-    pending: list[dict[str, np.ndarray]] = []
-    pending_batches = 0
-    n_done = sum(s["n_tokens"] for s in state["shards"])
-    total = header.get("max_tokens")
-    with progress_bar(transient=True) if progress else _NullBar() as bar:
-        task = bar.add_task("SAE codes", total=total, completed=n_done, status="")
-        for i, batch in enumerate(batches):
-            if i < state["batches_done"]:
-                continue  # stored by an earlier, interrupted run
-            pending.append(_encode_batch(batch, encode, state))
-            pending_batches += 1
-            bar.update(task, advance=batch.n_tokens)
-            if sum(p["token_ids"].size for p in pending) >= shard_tokens:
-                _write_shard(staging, pending, pending_batches, state)
-                pending, pending_batches = [], 0
-        if pending:
-            _write_shard(staging, pending, pending_batches, state)
-    if not state["shards"]:
-        raise InputError(f"split {header['split']!r} gave no tokens; nothing to store")
-
-
-class _NullBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *args, **kwargs):
-        return 0
-
-    def update(self, *args, **kwargs):
-        pass
-
-
-def _encode_batch(batch, encode, state) -> dict[str, np.ndarray]:
+def _encode_batch(batch, encode, info) -> dict[str, np.ndarray]:
     """Encode one batch and extract its non-zeros row by row (CSR pieces)."""
     n = batch.n_tokens
     codes = encode(batch.acts)
     if not isinstance(codes, torch.Tensor) or codes.ndim != 2 or codes.shape[0] != n:
         shape = tuple(codes.shape) if hasattr(codes, "shape") else type(codes).__name__
         raise ValueError(f"encode must return a tensor [n_tokens={n}, d_sae], got {shape}")
-    d_sae = state["d_sae"]
+    d_sae = info["d_sae"]
     if d_sae is None:
-        state["d_sae"] = d_sae = int(codes.shape[1])
+        info["d_sae"] = d_sae = int(codes.shape[1])
     if codes.shape[1] != d_sae:
         raise ValueError(
             f"encode returned {codes.shape[1]} latents per token, expected d_sae={d_sae}; "
@@ -379,62 +291,3 @@ def _encode_batch(batch, encode, state) -> dict[str, np.ndarray]:
         if piece[name].size != n:
             raise ValueError(f"batch.{name} has {piece[name].size} entries for {n} tokens")
     return piece
-
-
-def _write_shard(staging: Path, pieces, n_batches: int, state: dict[str, Any]) -> None:
-    """Write whole batches as one shard folder (atomically), then record it in progress.json."""
-    name = f"shard-{len(state['shards']):05d}"
-    with staging_dir(staging / name) as shard:
-        for key in ["counts", *_CODE_ARRAYS, *_TOKEN_ARRAYS]:
-            np.save(shard / f"{key}.npy", np.concatenate([p[key] for p in pieces]))
-    n_tokens = int(sum(p["token_ids"].size for p in pieces))
-    nnz = int(sum(p["latents"].size for p in pieces))
-    state["shards"].append({"name": name, "n_tokens": n_tokens, "nnz": nnz, "batches": n_batches})
-    state["batches_done"] += n_batches
-    write_json(staging / PROGRESS, state)
-
-
-def _finish(staging: Path, header: dict[str, Any], state: dict[str, Any]) -> None:
-    """Concatenate the shards into the final arrays and write the header."""
-    shards = state["shards"]
-    n_tokens = sum(s["n_tokens"] for s in shards)
-    nnz = sum(s["nnz"] for s in shards)
-    sizes = {"indptr": n_tokens + 1, **dict.fromkeys(_CODE_ARRAYS, nnz)}
-    sizes.update(dict.fromkeys(_TOKEN_ARRAYS, n_tokens))
-    dtypes = {"indptr": np.int64, **_CODE_ARRAYS, **_TOKEN_ARRAYS}
-    for key, size in sizes.items():
-        with atomic_path(staging / f"{key}.npy") as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtypes[key], shape=(size,))
-            _concat_into(out, key, staging, shards)
-            out.flush()
-            del out
-    # Without progress.json a crash from here on restarts cleanly rather than half-resuming.
-    (staging / PROGRESS).unlink()
-    for shard in shards:
-        shutil.rmtree(staging / shard["name"])
-    write_json(
-        staging / HEADER,
-        {
-            "format_version": FORMAT_VERSION,
-            **header,
-            "n_tokens": n_tokens,
-            "d_sae": state["d_sae"],
-            "featgeo_version": featgeo.__version__,
-            "complete": True,
-        },
-    )
-
-
-def _concat_into(out: np.ndarray, key: str, staging: Path, shards) -> None:
-    pos, entries = 0, 0
-    if key == "indptr":
-        out[0] = 0
-    for shard in shards:
-        src = "counts" if key == "indptr" else key
-        part = np.load(staging / shard["name"] / f"{src}.npy", mmap_mode="r")
-        if key == "indptr":
-            out[pos + 1 : pos + 1 + part.size] = entries + np.cumsum(part)
-            entries += int(part.sum())
-        else:
-            out[pos : pos + part.size] = part
-        pos += part.size

@@ -42,6 +42,8 @@ OPTIMIZER_FILENAME = "optimizer.pt"
 TRACKER_FILENAME = "tokens_since_fired.pt"
 SAE_SUBDIR = "sae"
 
+_OPTION_NAMES = {"total_tokens": "--tokens"}
+"""CLI spellings of config fields whose option name differs from the field name."""
 _RESUME_IGNORED = ("device", "progress", "log_every", "checkpoint_every")
 """Config fields that may differ between a checkpoint and the run resuming from it."""
 
@@ -139,7 +141,8 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < minimum:
-        raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+        option = _OPTION_NAMES.get(name, f"--{name.replace('_', '-')}")
+        raise ValueError(f"{option} must be >= {minimum}, got {value}")
     return value
 
 
@@ -256,7 +259,7 @@ class SAETrainer:
         self._train(batches, checkpoint)
         if self.tokens_seen_ < cfg.total_tokens:
             warnings.warn(
-                f"the activations ran out after {self.tokens_seen_} of --total-tokens "
+                f"the activations ran out after {self.tokens_seen_} of --tokens "
                 f"{cfg.total_tokens} tokens; the SAE is trained on fewer tokens",
                 UserWarning,
                 stacklevel=2,

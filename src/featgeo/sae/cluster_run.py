@@ -1,0 +1,270 @@
+"""``featgeo sae store`` and ``featgeo sae cluster``: codes of an SAE over a split, and latent
+clusters of its decoder directions with their per-cluster metrics (SPEC §3).
+
+The store (:mod:`featgeo.sae.store`) is keyed by the model, the SAE weights, the corpus, the
+split, the layer, the context size and the token budget, so every later stage (clustering,
+AANets, vertex collection) reads codes from disk instead of re-running the model. Clustering
+uses the *live* latents only (those that fired at least once in the store).
+
+Output of ``cluster_sae`` for every n in ``n_clusters``, in ``{out}/clusters_{n}/`` (each folder
+written whole or not at all)::
+
+    cluster_assignments.csv   latent_id, cluster_id (-1 = dead latent)
+    cluster_metrics.csv       n_clusters_total, cluster_id, n_latents, latent_indices,
+                              decoder_dir_rank, cluster_recon_error, activation_pca_rank
+    clustering.json           method, parameters, SAE, store, live/dead counts, timings
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featgeo.files import staging_dir, write_csv, write_json
+from featgeo.sae.architectures import SparseAutoencoder
+from featgeo.sae.cluster_methods import CLUSTER_METHODS, get_cluster_method
+from featgeo.sae.cluster_metrics import activation_pca_rank, cluster_table
+from featgeo.sae.clustering import cluster_latents
+from featgeo.sae.store import ActivationStore
+
+log = logging.getLogger(__name__)
+
+ASSIGNMENT_COLUMNS = ["latent_id", "cluster_id"]
+METRIC_COLUMNS = [
+    "n_clusters_total",
+    "cluster_id",
+    "n_latents",
+    "latent_indices",
+    "decoder_dir_rank",
+    "cluster_recon_error",
+    "activation_pca_rank",
+]
+
+
+def sae_fingerprint(sae: SparseAutoencoder) -> str:
+    """sha256 hex[:16] of the SAE's config and weights: equal SAEs give equal stores."""
+    digest = hashlib.sha256(json.dumps(sae.cfg.to_saelens_cfg(), sort_keys=True).encode())
+    for name, param in sorted(sae.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def build_sae_store(
+    sae: SparseAutoencoder,
+    *,
+    model: str = "embedded",
+    corpus: str = "embedded",
+    split: str = "sae_train",
+    layer: int | None = None,
+    context_size: int = 256,
+    batch_size: int = 8,
+    max_tokens: int | None = 262_144,
+    device: str = "auto",
+    folder: str | Path | None = None,
+    progress: bool = True,
+) -> ActivationStore:
+    """Build (or reuse) the store of ``sae``'s codes on ``split``; the default folder is
+    ``cache_dir()/activation_stores/{key}``."""
+    import torch
+
+    from featgeo.corpus import load_corpus
+    from featgeo.models.loading import (
+        load_model,
+        load_tokenizer,
+        model_fingerprint,
+        resolve_device,
+        resolve_model,
+    )
+    from featgeo.sae.activations import check_layer, iter_activation_batches
+    from featgeo.sae.evaluate import sae_layer
+    from featgeo.sae.saelens_format import check_sae_matches_model
+    from featgeo.sae.store import build_store, default_store_dir, store_key
+
+    layer = sae_layer(sae, layer)
+    torch_device = resolve_device(device)
+    resolved = resolve_model(model)
+    corpus_data = load_corpus(corpus)
+    corpus_data.split(split)  # an unknown split fails before the model loads
+    model_fp, sae_fp = model_fingerprint(resolved.source), sae_fingerprint(sae)
+    key = store_key(
+        model_fp, sae_fp, corpus_data.fingerprint, split, layer, context_size, max_tokens
+    )
+    header = {
+        "model": model_fp,
+        "layer": layer,
+        "split": split,
+        "corpus_fingerprint": corpus_data.fingerprint,
+        "encoder_fingerprint": sae_fp,
+        "context_size": context_size,
+        "max_tokens": max_tokens,
+        "d_sae": sae.cfg.d_sae,
+    }
+    folder = Path(folder) if folder is not None else default_store_dir(key)
+    lm = load_model(model, device=torch_device)
+    check_layer(lm, layer)
+    check_sae_matches_model(sae, lm.config.hidden_size)
+    sae = sae.to(device=torch_device, dtype=torch.float32)
+    batches = iter_activation_batches(
+        lm,
+        load_tokenizer(model),
+        corpus_data,
+        split,
+        layer,
+        context_size=context_size,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+    )
+    with torch.no_grad():
+        return build_store(folder, batches, sae.encode, header, progress=progress)
+
+
+def live_latents(store: ActivationStore, block: int = 1 << 24) -> np.ndarray:
+    """Boolean [d_sae]: latents that fired on at least one token of the store."""
+    counts = np.zeros(store.d_sae, dtype=np.int64)
+    for start in range(0, store.nnz, block):
+        part = np.asarray(store.latents[start : start + block])
+        counts += np.bincount(part, minlength=store.d_sae)
+    return counts > 0
+
+
+def activation_pca_ranks(store: ActivationStore, labels: np.ndarray) -> dict[int, int]:
+    """``activation_pca_rank`` of every cluster, from one grouped pass over the store."""
+    labels = np.asarray(labels)
+    latents = np.asarray(store.latents)
+    entry_cluster = labels[latents]  # [nnz]
+    entry_row = np.repeat(np.arange(store.n_tokens), np.diff(store.indptr))  # [nnz]
+    order = np.argsort(entry_cluster, kind="stable")
+    sorted_clusters = entry_cluster[order]
+    column = np.zeros(labels.size, dtype=np.int64)
+    ranks = {}
+    for cid in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == cid)
+        column[members] = np.arange(members.size)
+        lo, hi = np.searchsorted(sorted_clusters, [cid, cid + 1])
+        entries = order[lo:hi]
+        rows, inverse = np.unique(entry_row[entries], return_inverse=True)
+        acts = np.zeros((rows.size, members.size), dtype=np.float32)
+        acts[inverse, column[latents[entries]]] = store.values[entries]
+        ranks[int(cid)] = activation_pca_rank(acts) if members.size > 1 else 1
+    return ranks
+
+
+def parse_n_clusters(value: str | list[int]) -> list[int]:
+    """``"128,256"`` -> [128, 256] (each >= 2, no repeats)."""
+    if isinstance(value, str):
+        try:
+            values = [int(v) for v in value.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise ValueError(
+                f"--n-clusters must be a comma list of ints like 128,256, got '{value}'"
+            ) from None
+    else:
+        values = [int(v) for v in value]
+    if not values or any(v < 2 for v in values) or len(set(values)) != len(values):
+        raise ValueError(f"--n-clusters needs distinct ints >= 2 (e.g. 128,256), got {value!r}")
+    return values
+
+
+@dataclass
+class ClusteringResult:
+    """One n_clusters value of :func:`cluster_sae`."""
+
+    n_clusters: int
+    folder: Path
+    labels: np.ndarray
+    """[d_sae] cluster per latent, -1 for dead latents."""
+    metrics: list[dict[str, Any]]
+    n_live: int
+    seconds: float
+
+
+def cluster_sae(
+    sae: SparseAutoencoder,
+    store: ActivationStore,
+    n_clusters: list[int],
+    out: str | Path,
+    *,
+    method: str = "kmeans",
+    seed: int = 0,
+    sae_path: str = "",
+    **params: Any,
+) -> list[ClusteringResult]:
+    """Cluster the live latents of ``sae`` for every n in ``n_clusters`` and write the results."""
+    get_cluster_method(method)
+    n_clusters = parse_n_clusters(n_clusters)
+    if store.d_sae != sae.cfg.d_sae:
+        raise ValueError(
+            f"the store holds codes of {store.d_sae} latents but the SAE has {sae.cfg.d_sae}; "
+            "build the store with this SAE"
+        )
+    live = live_latents(store)
+    n_live = int(live.sum())
+    too_many = [n for n in n_clusters if n > n_live]
+    if too_many:
+        raise ValueError(
+            f"--n-clusters {max(too_many)} is larger than the {n_live} live latents of this SAE "
+            f"(latents that fired on the {store.n_tokens} stored tokens); use at most {n_live}"
+        )
+    w_dec = sae.W_dec.detach().cpu().double().numpy()  # [d_sae, d_in]
+    results = []
+    for n in n_clusters:
+        start = time.perf_counter()
+        labels = cluster_latents(w_dec, method, n, live=live, random_state=seed, **params)
+        table = cluster_table(labels, w_dec)
+        pca = activation_pca_ranks(store, labels)
+        metrics = [
+            {
+                "n_clusters_total": n,
+                **row,
+                "latent_indices": " ".join(map(str, row["latent_indices"])),
+                "activation_pca_rank": pca[row["cluster_id"]],
+            }
+            for row in table
+        ]
+        seconds = time.perf_counter() - start
+        folder = Path(out) / f"clusters_{n}"
+        info = {
+            "method": method,
+            "n_clusters": n,
+            "params": {"random_state": seed, **params},
+            "sae": sae_path,
+            "store": str(store.folder),
+            "store_tokens": store.n_tokens,
+            "n_latents": sae.cfg.d_sae,
+            "n_live": n_live,
+            "n_dead": sae.cfg.d_sae - n_live,
+            "seconds": seconds,
+        }
+        _write_clustering(folder, labels, metrics, info)
+        results.append(ClusteringResult(n, folder, labels, metrics, n_live, seconds))
+    return results
+
+
+def _write_clustering(folder: Path, labels, metrics, info) -> None:
+    assignments = [{"latent_id": i, "cluster_id": int(c)} for i, c in enumerate(labels)]
+    with staging_dir(folder) as tmp:
+        write_csv(tmp / "cluster_assignments.csv", assignments, ASSIGNMENT_COLUMNS)
+        write_csv(tmp / "cluster_metrics.csv", metrics, METRIC_COLUMNS)
+        write_json(tmp / "clustering.json", info)
+
+
+__all__ = [
+    "ASSIGNMENT_COLUMNS",
+    "CLUSTER_METHODS",
+    "METRIC_COLUMNS",
+    "ClusteringResult",
+    "activation_pca_ranks",
+    "build_sae_store",
+    "cluster_sae",
+    "live_latents",
+    "parse_n_clusters",
+    "sae_fingerprint",
+]
