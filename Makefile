@@ -47,6 +47,14 @@ demo: data
 		--out $(DEMO_OUT)/results/scan
 	$(PY) -m featgeo hamming report --results-dir $(DEMO_OUT)/analysis_results --out $(DEMO_OUT)/report \
 		--seeds-dir $(DEMO_OUT)/results/metrics/multi_seed_clustering --scan-csv $(DEMO_OUT)/results/scan/scan.csv
+	# A small SAE on block 6 (the default SAE is bigger: see docs/benchmarks.md), its evaluation on
+	# held-out text, and k-means clusters of its decoder directions.
+	$(PY) -m featgeo sae train --layer 6 --d-sae 2304 --k 32 --tokens 400000 \
+		--activation-tokens 200000 --out $(DEMO_OUT)/saes/layer6-demo
+	$(PY) -m featgeo sae eval $(DEMO_OUT)/saes/layer6-demo --tokens 4096 \
+		--json $(DEMO_OUT)/saes/layer6-demo-eval.json
+	$(PY) -m featgeo sae cluster $(DEMO_OUT)/saes/layer6-demo --n-clusters 128,256 --method kmeans \
+		--store-tokens 65536 --out $(DEMO_OUT)/sae_clusters
 
 test: data
 	$(PY) -m pytest -q

@@ -135,6 +135,21 @@ def test_train_is_deterministic_and_resumes(tiny_llama, text_corpus, tmp_path, m
     ).read_bytes()
 
 
+@pytest.mark.parametrize(
+    "arch,expected,extra", [("relu", "standard", set()), ("jumprelu", "jumprelu", {"threshold"})]
+)
+def test_train_other_architectures(arch, expected, extra, tiny_llama, text_corpus, tmp_path):
+    out = tmp_path / arch
+    result = runner.invoke(app, train_args(tiny_llama, text_corpus, out, **{"--arch": arch}))
+    assert result.exit_code == 0, result.output
+    cfg = read_json(out / "cfg.json")
+    assert cfg["architecture"] == expected and "k" not in cfg
+    weights = load_file(out / "sae_weights.safetensors")
+    assert set(weights) == {"W_enc", "W_dec", "b_enc", "b_dec", *extra}
+    if arch == "jumprelu":
+        assert bool((weights["threshold"] >= 0).all())
+
+
 def test_load_describes(trained):
     folder, _ = trained
     result = runner.invoke(app, ["sae", "load", str(folder)])

@@ -175,6 +175,27 @@ def test_hand_written_folder_encodes_as_formula(tmp_path, architecture, extra):
     np.testing.assert_allclose(recon, expected @ W_DEC + B_DEC, rtol=1e-6, atol=1e-6)
 
 
+def test_topk_checkpoint_with_decoder_norm_rescaling(tmp_path):
+    """SAELens >= 6 TopK training checkpoints keep non-unit decoder rows and set
+    ``rescale_acts_by_decoder_norm``: pre-activations are scaled by ||W_dec[i]|| before TopK and
+    codes divided by it before decoding. Loading must reproduce that (norms folded in)."""
+    norms = np.array([2.0, 0.5, 1.0, 4.0], dtype=np.float32)
+    tensors = {**known_tensors("topk"), "W_dec": W_DEC * norms[:, None]}
+    cfg = saelens_cfg("topk", k=2, rescale_acts_by_decoder_norm=True)
+    sae = load_sae(write_saelens_folder(tmp_path / "sae", cfg, tensors))
+    pre = ((X - B_DEC) @ W_ENC + B_ENC) * norms
+    order = np.argsort(-pre, axis=-1)[:, :2]
+    expected = np.zeros_like(pre)
+    np.put_along_axis(expected, order, np.maximum(np.take_along_axis(pre, order, -1), 0), -1)
+    codes = sae.encode(torch.from_numpy(X)).detach().numpy()
+    np.testing.assert_allclose(codes, expected, rtol=1e-6, atol=1e-6)
+    recon = sae.decode(torch.from_numpy(codes)).detach().numpy()
+    np.testing.assert_allclose(
+        recon, (expected / norms) @ tensors["W_dec"] + B_DEC, rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(4))
+
+
 def test_hand_written_values_by_hand(tmp_path):
     """One token worked out on paper: x = [1, 2, 3], x - b_dec = [0.5, 2.5, 2.75]."""
     folder = write_saelens_folder(

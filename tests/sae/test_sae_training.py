@@ -85,6 +85,38 @@ def test_standard_architecture_trains(data):
     assert last["l0"] < 64
 
 
+def test_jumprelu_recovers_known_dictionary(data):
+    """JumpReLU with the L0 penalty steered to k = 4 finds the planted directions."""
+    dictionary, x = data
+    cfg = make_config(architecture="jumprelu", total_tokens=200_000, log_every=50)
+    trainer = SAETrainer(cfg).fit(stream(x))
+    sae = trainer.sae_
+    assert sae.cfg.architecture == "jumprelu" and bool((sae.threshold >= 0).all())
+    codes = sae.encode(x[:5000]).detach()
+    recon = sae.decode(codes).detach()
+    explained = 1 - (x[:5000] - recon).pow(2).sum() / (x[:5000] - x[:5000].mean(0)).pow(2).sum()
+    assert explained > 0.8
+    assert 1.0 < float((codes > 0).sum(1).float().mean()) < 8.0
+    best_cos = (dictionary @ sae.W_dec.detach().T).max(dim=1).values
+    assert (best_cos > 0.9).float().mean() >= 0.75
+
+
+def test_jumprelu_threshold_pseudo_gradients():
+    """Eq. 11-12 of Rajamanoharan et al. 2024 with a rectangle kernel of width eps = 0.002:
+    only pre-activations within eps/2 of the threshold move it."""
+    from featgeo.sae.training import _JumpReLU, _Step
+
+    pre = torch.tensor([[0.5, 1.0005, 2.0], [0.9995, 3.0, 0.0]], dtype=torch.float64)
+    threshold = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    pre_grad = pre.clone().requires_grad_(True)
+    _JumpReLU.apply(pre_grad, threshold, 0.002).sum().backward()
+    torch.testing.assert_close(threshold.grad, torch.tensor([-500.0, -500.0, 0.0]).double())
+    torch.testing.assert_close(pre_grad.grad, (pre > 1.0).double())
+    threshold.grad = None
+    _Step.apply(pre, threshold, 0.002).sum().backward()
+    torch.testing.assert_close(threshold.grad, torch.tensor([-500.0, -500.0, 0.0]).double())
+
+
 def test_same_seed_same_weights(data):
     _, x = data
     a = SAETrainer(make_config()).fit(stream(x)).sae_
@@ -128,9 +160,12 @@ def interrupting(x: torch.Tensor, batch_size: int, after_tokens: int):
         yield chunk
 
 
-def test_resume_equals_uninterrupted_run(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("architecture", ["topk", "jumprelu"])
+def test_resume_equals_uninterrupted_run(data, tmp_path, monkeypatch, architecture):
     _, x = data
-    cfg = make_config(total_tokens=256 * 12, checkpoint_every=6, log_every=3)
+    cfg = make_config(
+        total_tokens=256 * 12, checkpoint_every=6, log_every=3, architecture=architecture
+    )
     whole = SAETrainer(cfg).fit(stream(x))
 
     with pytest.raises(Interrupted):
@@ -206,7 +241,8 @@ def test_defaults():
         ({"lr": -1.0}, ValueError, "--lr must be a positive number"),
         ({"aux_coef": -0.1}, ValueError, "--aux-coef must be >= 0"),
         ({"aux_k": 0}, ValueError, "--aux-k must be >= 1"),
-        ({"architecture": "jumprelu"}, ValueError, "cannot be trained; choose from topk"),
+        ({"architecture": "gated"}, ValueError, "cannot be trained; choose from topk"),
+        ({"l0_coef": -1.0}, ValueError, "--l0-coef must be >= 0"),
         ({"b_dec_init": "zeros"}, ValueError, "b_dec_init must be"),
     ],
     ids=[
@@ -218,7 +254,8 @@ def test_defaults():
         "neg-lr",
         "neg-aux",
         "aux_k=0",
-        "jumprelu",
+        "gated",
+        "neg-l0-coef",
         "bad-b_dec-init",
     ],
 )
@@ -247,3 +284,44 @@ def test_short_stream_warns():
     with pytest.warns(UserWarning, match="ran out after 300 of --tokens 8192"):
         trainer = SAETrainer(make_config()).fit([torch.randn(300, 8)])
     assert trainer.tokens_seen_ == 300
+
+
+def test_sparse_topk_step_has_the_dense_gradients():
+    """The sparse kernels give the gradients of the dense TopK computation (float64)."""
+    from featgeo.sae.sparse_ops import gathered_pre_activations, sparse_decode
+
+    gen = torch.Generator().manual_seed(0)
+    n, d_in, d_sae, k = 50, 12, 40, 5
+    x = torch.randn(n, d_in, generator=gen, dtype=torch.float64)
+    target = torch.randn(n, d_in, generator=gen, dtype=torch.float64)
+    init = {
+        "W_enc": torch.randn(d_in, d_sae, generator=gen, dtype=torch.float64),
+        "b_enc": torch.randn(d_sae, generator=gen, dtype=torch.float64),
+        "W_dec": torch.randn(d_sae, d_in, generator=gen, dtype=torch.float64),
+        "b_dec": torch.randn(d_in, generator=gen, dtype=torch.float64),
+    }
+
+    def grads(sparse: bool):
+        p = {name: t.clone().requires_grad_(True) for name, t in init.items()}
+        sae_in = x - p["b_dec"]
+        if sparse:
+            with torch.no_grad():
+                pre = torch.addmm(p["b_enc"], sae_in, p["W_enc"])
+                idx = pre.topk(k, dim=-1).indices
+            vals = gathered_pre_activations(sae_in, p["W_enc"], p["b_enc"], idx, pre)
+            recon = sparse_decode(idx, torch.relu(vals), p["W_dec"])
+        else:
+            pre = sae_in @ p["W_enc"] + p["b_enc"]
+            top = pre.topk(k, dim=-1)
+            codes = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+            recon = codes @ p["W_dec"]
+        loss = (recon + p["b_dec"] - target).pow(2).sum()
+        loss.backward()
+        return loss.detach(), {name: t.grad for name, t in p.items()}
+
+    dense_loss, dense = grads(sparse=False)
+    sparse_loss, sparse = grads(sparse=True)
+    torch.testing.assert_close(sparse_loss, dense_loss)
+    for name in init:
+        assert dense[name].abs().sum() > 0
+        torch.testing.assert_close(sparse[name], dense[name], msg=name)

@@ -35,11 +35,14 @@ def train(
     model: str = typer.Option("embedded", help="embedded, a local model folder, or a hub id."),
     d_sae: int = typer.Option(4608, "--d-sae", help="Number of latents."),
     arch: str = typer.Option("topk", "--arch", help="topk, relu or jumprelu."),
-    k: int = typer.Option(32, "--k", help="TopK: latents kept per token."),
-    tokens: int = typer.Option(4_000_000, "--tokens", help="Training tokens (epochs repeat)."),
+    k: int = typer.Option(32, "--k", help="TopK: latents per token; JumpReLU: target L0."),
+    tokens: int = typer.Option(2_000_000, "--tokens", help="Training tokens (epochs repeat)."),
     seed: int = typer.Option(0, help="Seed of the initialisation and of the data order."),
     batch_size: int = typer.Option(1024, "--batch-size", help="Tokens per optimizer step."),
     lr: float = typer.Option(None, "--lr", help="Adam learning rate (default: by d_sae)."),
+    l0_coef: float = typer.Option(
+        None, "--l0-coef", help="JumpReLU: L0 penalty weight (default: adapted so L0 ~ --k)."
+    ),
     activation_tokens: int = typer.Option(
         None, "--activation-tokens", help="Collect at most this many tokens (default: whole split)."
     ),
@@ -60,6 +63,7 @@ def train(
         architecture=architecture,
         k=k,
         lr=lr,
+        l0_coef=l0_coef,
         batch_size=batch_size,
         seed=seed,
         checkpoint_every=100,

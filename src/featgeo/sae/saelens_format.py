@@ -77,8 +77,10 @@ def load_sae(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -
             f"SAE path {folder} is a file; pass the folder that holds {CFG_FILENAME} and "
             f"{WEIGHTS_FILENAME}"
         )
-    cfg = _read_cfg(folder)
+    cfg, raw = _read_cfg(folder)
     tensors = _read_weights(folder / WEIGHTS_FILENAME, cfg)
+    if raw.get("rescale_acts_by_decoder_norm"):
+        _fold_decoder_norms(tensors)
     sae = SparseAutoencoder(cfg)
     dtype = getattr(torch, cfg.dtype)
     with torch.no_grad():
@@ -87,7 +89,20 @@ def load_sae(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -
     return sae.to(device)
 
 
-def _read_cfg(folder: Path) -> SAEConfig:
+def _fold_decoder_norms(tensors: dict[str, torch.Tensor]) -> None:
+    """SAELens >= 6 TopK training checkpoints with ``rescale_acts_by_decoder_norm`` scale the
+    pre-activations by ||W_dec[i]|| and divide the codes by it before decoding. Folding the
+    norms into the encoder (and unit-norm decoder rows) gives the same codes and
+    reconstructions with featgeo's plain formulas."""
+    norms = tensors["W_dec"].norm(dim=1)  # [d_sae]
+    tensors["W_enc"] = tensors["W_enc"] * norms
+    tensors["b_enc"] = tensors["b_enc"] * norms
+    tensors["W_dec"] = tensors["W_dec"] / norms[:, None].clamp_min(1e-12)
+    if "threshold" in tensors:
+        tensors["threshold"] = tensors["threshold"] * norms
+
+
+def _read_cfg(folder: Path) -> tuple[SAEConfig, dict]:
     path = folder / CFG_FILENAME
     if not path.is_file():
         raise FileNotFoundError(
@@ -101,7 +116,7 @@ def _read_cfg(folder: Path) -> SAEConfig:
             f"{path} is not valid JSON ({exc}); re-save the SAE or repair the file"
         ) from None
     try:
-        return SAEConfig.from_saelens_cfg(raw)
+        return SAEConfig.from_saelens_cfg(raw), raw
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"{path}: {exc}") from None
 

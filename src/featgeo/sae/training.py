@@ -33,9 +33,10 @@ from featgeo.files import atomic_path, read_json, save_tensor, staging_dir, writ
 from featgeo.sae.architectures import SparseAutoencoder
 from featgeo.sae.config import SAEConfig
 from featgeo.sae.saelens_format import load_sae, save_sae
+from featgeo.sae.sparse_ops import gathered_pre_activations, sparse_decode
 
-TRAINABLE_ARCHITECTURES = ("topk", "standard")
-"""Architectures :class:`SAETrainer` can train (JumpReLU needs straight-through estimators)."""
+TRAINABLE_ARCHITECTURES = ("topk", "standard", "jumprelu")
+"""Architectures :class:`SAETrainer` can train."""
 
 STATE_FILENAME = "trainer_state.json"
 OPTIMIZER_FILENAME = "optimizer.pt"
@@ -56,10 +57,12 @@ class TrainConfig:
     """Number of latents (dictionary size)."""
     total_tokens: int
     """Tokens to train on; the activation stream is read until this many have been used."""
-    architecture: Literal["topk", "standard"] = "topk"
-    """``topk`` (Gao et al. 2024) or ``standard`` (ReLU + L1, Bricken et al. 2023)."""
+    architecture: Literal["topk", "standard", "jumprelu"] = "topk"
+    """``topk`` (Gao et al. 2024), ``standard`` (ReLU + L1, Bricken et al. 2023) or
+    ``jumprelu`` (L0 penalty, Rajamanoharan et al. 2024)."""
     k: int = 32
-    """Latents kept per token by TopK (ignored by ``standard``)."""
+    """Latents kept per token by TopK; for ``jumprelu`` the mean L0 the adaptive L0 weight
+    steers to (see ``l0_coef``); ignored by ``standard``."""
     lr: float | None = None
     """Adam learning rate; ``None`` means 2e-4 / sqrt(d_sae / 16384), sparsify's scaling."""
     batch_size: int = 4096
@@ -75,6 +78,13 @@ class TrainConfig:
     l1_coef: float = 0.05
     """``standard`` only: weight of the L1 penalty, sum_i |code_i| * ||W_dec[i]|| per token,
     divided by the RMS norm of the centred batch so that it is scale-free like the FVU."""
+    l0_coef: float | None = None
+    """``jumprelu`` only: weight of the L0 penalty (mean active latents per token). ``None``
+    adapts it every step, multiplying by exp(0.01 (L0 - k) / k), so that L0 settles near k."""
+    jumprelu_bandwidth: float = 0.001
+    """``jumprelu`` only: width of the rectangle kernel of the threshold's straight-through
+    gradient, in units of the first batch's per-element RMS (Rajamanoharan et al. use 0.001 on
+    inputs normalised to unit RMS); initial thresholds are the same value."""
     b_dec_init: Literal["geometric_median", "mean"] = "geometric_median"
     """How ``b_dec`` is initialised from the first batch."""
     log_every: int = 10
@@ -111,6 +121,10 @@ class TrainConfig:
             raise ValueError(f"--k {self.k} is larger than --d-sae {self.d_sae}; choose k <= d_sae")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if self.l0_coef is not None and not (math.isfinite(self.l0_coef) and self.l0_coef >= 0):
+            raise ValueError(f"--l0-coef must be >= 0, got {self.l0_coef}")
+        if not (math.isfinite(self.jumprelu_bandwidth) and self.jumprelu_bandwidth > 0):
+            raise ValueError(f"jumprelu_bandwidth must be > 0, got {self.jumprelu_bandwidth}")
         for name in ("aux_coef", "l1_coef"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -297,6 +311,14 @@ class SAETrainer:
                 x = first.detach().to("cpu", torch.float32)
                 init = geometric_median(x) if cfg.b_dec_init == "geometric_median" else x.mean(0)
                 sae.b_dec.copy_(init)
+        # Scale-free JumpReLU settings: fixed once from the first batch's per-element RMS.
+        x = first.detach().to("cpu", torch.float64)
+        rms = float((x - x.mean(0)).pow(2).mean().sqrt())
+        self.bandwidth_ = cfg.jumprelu_bandwidth * max(rms, 1e-12)
+        self.l0_coef_ = cfg.l0_coef if cfg.l0_coef is not None else 1e-3
+        if cfg.architecture == "jumprelu" and init_sae is None:
+            with torch.no_grad():
+                sae.threshold.fill_(self.bandwidth_)
         self.sae_ = sae.to(cfg.device)
         self._optimizer = self._make_optimizer()
         self._tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=cfg.device)
@@ -337,9 +359,25 @@ class SAETrainer:
     def _step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One Adam step on a batch ``x`` [n, d_in]; returns detached metric tensors."""
         cfg, sae = self.config, self.sae_
-        pre = sae._pre_activations(x)  # [n, d_sae]
-        codes = sae.architecture.activate(pre, sae)  # [n, d_sae]
-        recon = codes @ sae.W_dec + sae.b_dec  # [n, d_in]
+        sae_in = x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x  # [n, d_in]
+        if cfg.architecture == "topk":
+            with torch.no_grad():  # selection only; gradients go through the k picked entries
+                pre = torch.addmm(sae.b_enc, sae_in, sae.W_enc)  # [n, d_sae]
+                top = pre.topk(cfg.k, dim=-1)  # [n, k]
+            pre_k = gathered_pre_activations(sae_in, sae.W_enc, sae.b_enc, top.indices, pre)
+            values = torch.relu(pre_k)  # [n, k]
+            recon = sparse_decode(top.indices, values, sae.W_dec) + sae.b_dec  # [n, d_in]
+            active = values > 0
+            fired = top.indices[active]
+        else:
+            pre = sae_in @ sae.W_enc + sae.b_enc  # [n, d_sae]
+            if cfg.architecture == "jumprelu":
+                codes = _JumpReLU.apply(pre, sae.threshold, self.bandwidth_)
+            else:
+                codes = torch.relu(pre)
+            recon = codes @ sae.W_dec + sae.b_dec
+            active = codes > 0
+            fired = active.any(0).nonzero().squeeze(1)
         err = x - recon  # [n, d_in]
         total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
         sq_err = err.pow(2).sum()
@@ -348,20 +386,26 @@ class SAETrainer:
         dead = self._tokens_since_fired >= cfg.dead_window  # [d_sae]
         aux = torch.zeros((), device=x.device)
         if cfg.architecture == "topk" and cfg.aux_coef > 0 and bool(dead.any()):
-            aux = _aux_loss(pre, dead, err.detach(), sae.W_dec, cfg.aux_k_for(x.shape[1]))
+            aux = _aux_loss(sae, sae_in, pre, dead, err.detach(), cfg.aux_k_for(x.shape[1]))
             aux = aux / total_var
             loss = loss + cfg.aux_coef * aux
         if cfg.architecture == "standard":
             rms = (total_var / x.shape[0]).sqrt()
             l1 = (codes * sae.W_dec.norm(dim=-1)).sum(-1).mean() / rms
             loss = loss + cfg.l1_coef * l1
+        if cfg.architecture == "jumprelu":
+            l0 = _Step.apply(pre, sae.threshold, self.bandwidth_).sum(-1).mean()  # per token
+            loss = loss + self.l0_coef_ * l0
+            if cfg.l0_coef is None:
+                self.l0_coef_ *= math.exp(0.01 * (float(l0.detach()) - cfg.k) / cfg.k)
         self._optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _remove_parallel_grad(sae.W_dec)
         self._optimizer.step()
         sae.normalize_decoder_()
         with torch.no_grad():
-            fired = (codes > 0).any(0)  # [d_sae]
+            if cfg.architecture == "jumprelu":
+                sae.threshold.clamp_(min=0.0)
             self._tokens_since_fired += x.shape[0]
             self._tokens_since_fired[fired] = 0
         self.n_steps_ += 1
@@ -370,7 +414,7 @@ class SAETrainer:
             "loss": loss.detach(),
             "mse": sq_err.detach() / err.numel(),
             "fvu": fvu.detach(),
-            "l0": (codes > 0).sum(-1).double().mean().detach(),
+            "l0": active.sum(-1).double().mean(),
             "dead_fraction": dead.double().mean(),
             "aux_loss": aux.detach(),
         }
@@ -398,6 +442,8 @@ class SAETrainer:
                 "config": asdict(self.config),
                 "n_steps": self.n_steps_,
                 "tokens_seen": self.tokens_seen_,
+                "bandwidth": self.bandwidth_,
+                "l0_coef": self.l0_coef_,
                 "history": self.history_,
             }
             write_json(tmp / STATE_FILENAME, state)
@@ -418,6 +464,8 @@ class SAETrainer:
         self.history_ = list(state["history"])
         self.tokens_seen_ = int(state["tokens_seen"])
         self.n_steps_ = int(state["n_steps"])
+        self.bandwidth_ = float(state["bandwidth"])
+        self.l0_coef_ = float(state["l0_coef"])
 
 
 def _check_same_config(saved: dict[str, Any], cfg: TrainConfig, folder: Path) -> None:
@@ -433,18 +481,64 @@ def _check_same_config(saved: dict[str, Any], cfg: TrainConfig, folder: Path) ->
 
 
 def _aux_loss(
-    pre: torch.Tensor, dead: torch.Tensor, err: torch.Tensor, w_dec: torch.Tensor, aux_k: int
+    sae: SparseAutoencoder,
+    sae_in: torch.Tensor,
+    pre: torch.Tensor,
+    dead: torch.Tensor,
+    err: torch.Tensor,
+    aux_k: int,
 ) -> torch.Tensor:
     """AuxK loss (Gao et al. 2024, §A.2): squared error of reconstructing the residual ``err``
     [n, d_in] from the top-``aux_k`` dead latents' (ReLU'd) pre-activations, scaled down by
     n_dead / aux_k when fewer than ``aux_k`` latents are dead (as sparsify does)."""
     n_dead = int(dead.sum())
     k = min(aux_k, n_dead)
-    masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))  # [n, d_sae]
-    top = masked.topk(k, dim=-1)  # [n, k]
-    codes = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))  # [n, d_sae]
-    e_hat = codes @ w_dec  # [n, d_in]; no b_dec: it models the residual
+    with torch.no_grad():
+        masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))  # [n, d_sae]
+        top = masked.topk(k, dim=-1)  # [n, k]
+    pre_k = gathered_pre_activations(sae_in, sae.W_enc, sae.b_enc, top.indices, pre)
+    e_hat = sparse_decode(top.indices, torch.relu(pre_k), sae.W_dec)  # no b_dec: models err
     return min(n_dead / aux_k, 1.0) * (e_hat - err).pow(2).sum()
+
+
+def _rectangle(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """K((pre - threshold) / bandwidth) / bandwidth with K the unit rectangle [-1/2, 1/2]."""
+    return ((pre - threshold).abs() < bandwidth / 2).to(pre.dtype) / bandwidth
+
+
+class _JumpReLU(torch.autograd.Function):
+    """pre * H(pre - threshold); the threshold gets the straight-through pseudo-derivative
+    -threshold * K((pre - threshold) / eps) / eps (Rajamanoharan et al. 2024, eq. 11)."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):  # noqa: D102
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        pre, threshold = ctx.saved_tensors
+        grad_pre = grad * (pre > threshold).to(grad.dtype)
+        kernel = _rectangle(pre, threshold, ctx.bandwidth)
+        grad_threshold = -(threshold * kernel * grad).sum(0)
+        return grad_pre, grad_threshold, None
+
+
+class _Step(torch.autograd.Function):
+    """H(pre - threshold), the L0 count; only the threshold gets a (straight-through) gradient,
+    -K((pre - threshold) / eps) / eps (Rajamanoharan et al. 2024, eq. 12)."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):  # noqa: D102
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        pre, threshold = ctx.saved_tensors
+        return None, -(_rectangle(pre, threshold, ctx.bandwidth) * grad).sum(0), None
 
 
 @torch.no_grad()
