@@ -163,7 +163,7 @@ def test_eval_reports_and_writes_json(trained, text_corpus, tmp_path):
     args = ["sae", "eval", str(folder), "--corpus", str(text_corpus), "--tokens", "500"]
     result = runner.invoke(app, [*args, "--context-size", "64", "--device", "cpu", "--json", out])
     assert result.exit_code == 0, result.output
-    assert "CE loss recovered" in result.output and "500 tokens" in result.output
+    assert "CE loss recovered" in result.output and "split 'eval'" in result.output
     numbers = read_json(out)
     assert numbers["n_tokens"] == 500 and numbers["l0"] == pytest.approx(8.0)
     assert 0 < numbers["fve"] <= 1 and 0 <= numbers["dead_fraction"] <= 1

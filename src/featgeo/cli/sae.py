@@ -14,6 +14,11 @@ app = typer.Typer(help="Sparse autoencoders: train, load, evaluate, store codes,
 ARCHITECTURE_NAMES = {"topk": "topk", "relu": "standard", "standard": "standard"}
 MODEL_HELP = "embedded, a local model folder, or a hub id (default: the SAE's metadata.model_name)."
 SAE_PATH = typer.Argument(..., help="SAE folder in SAELens format (cfg.json + sae_weights).")
+SAE_MODEL = typer.Option(None, help=MODEL_HELP)
+SAE_LAYER = typer.Option(None, help="Block the SAE reads (default: from its hook_name).")
+CORPUS = typer.Option("embedded", help="embedded or a corpus path.")
+CONTEXT_SIZE = typer.Option(256, "--context-size", help="Tokens per chunk.")
+DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 
 
 def _architecture(arch: str) -> str:
@@ -46,10 +51,10 @@ def train(
     activation_tokens: int = typer.Option(
         None, "--activation-tokens", help="Collect at most this many tokens (default: whole split)."
     ),
-    corpus: str = typer.Option("embedded", help="embedded or a corpus path."),
+    corpus: str = CORPUS,
     split: str = typer.Option("sae_train", help="Corpus split to train on."),
-    context_size: int = typer.Option(256, "--context-size", help="Tokens per chunk."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    context_size: int = CONTEXT_SIZE,
+    device: str = DEVICE,
     force: bool = typer.Option(False, help="Replace --out if it was trained with other settings."),
 ) -> None:
     """Collect residual-stream activations of one block and train an SAE on them."""
@@ -118,16 +123,16 @@ def load(path: str = SAE_PATH) -> None:
 @app.command("eval")
 def evaluate(
     path: str = SAE_PATH,
-    model: str = typer.Option(None, help=MODEL_HELP),
-    layer: int = typer.Option(None, help="Block the SAE reads (default: from its hook_name)."),
-    corpus: str = typer.Option("embedded", help="embedded or a corpus path."),
+    model: str = SAE_MODEL,
+    layer: int = SAE_LAYER,
+    corpus: str = CORPUS,
     split: str = typer.Option("eval", help="Corpus split to evaluate on."),
     tokens: int = typer.Option(16_384, "--tokens", help="Tokens to evaluate."),
     batch_size: int = typer.Option(8, "--batch-size", help="Chunks per forward pass."),
-    context_size: int = typer.Option(256, "--context-size", help="Tokens per chunk."),
+    context_size: int = CONTEXT_SIZE,
     dense_threshold: float = typer.Option(0.1, help="Firing rate above which a latent is dense."),
     json_out: str = typer.Option(None, "--json", help="Also write the numbers to this file."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = DEVICE,
 ) -> None:
     """FVE, L0, dead/dense latents and CE loss recovered on held-out text."""
     from featgeo.corpus import load_corpus
@@ -153,10 +158,11 @@ def evaluate(
         max_tokens=tokens,
         dense_threshold=dense_threshold,
     )
-    table = Table(title=f"SAE {path} on {result.n_tokens:,} tokens of split '{split}'")
+    table = Table(title=f"SAE {path}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
+        (f"tokens of split '{split}'", f"{result.n_tokens:,}"),
         ("fraction of variance explained", f"{result.fve:.4f}"),
         ("mean L0", f"{result.l0:.2f}"),
         ("dead latents", f"{result.dead_fraction:.2%}"),
@@ -194,13 +200,13 @@ STORE_TOKENS = typer.Option(262_144, "--store-tokens", help="Tokens of codes to 
 @app.command("store")
 def store(
     path: str = SAE_PATH,
-    model: str = typer.Option(None, help=MODEL_HELP),
-    layer: int = typer.Option(None, help="Block the SAE reads (default: from its hook_name)."),
-    corpus: str = typer.Option("embedded", help="embedded or a corpus path."),
+    model: str = SAE_MODEL,
+    layer: int = SAE_LAYER,
+    corpus: str = CORPUS,
     split: str = typer.Option("sae_train", help="Corpus split to encode."),
     tokens: int = STORE_TOKENS,
-    context_size: int = typer.Option(256, "--context-size", help="Tokens per chunk."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    context_size: int = CONTEXT_SIZE,
+    device: str = DEVICE,
 ) -> None:
     """Encode a split with the SAE once and store the sparse codes (reused when present)."""
     from featgeo.sae.cluster_run import live_latents
@@ -223,13 +229,13 @@ def cluster(
     method: str = typer.Option("kmeans", help="kmeans, k-subspaces or spectral."),
     out: str = typer.Option("sae_clusters", "--out", help="Output folder."),
     seed: int = typer.Option(0, help="Clustering seed."),
-    model: str = typer.Option(None, help=MODEL_HELP),
-    layer: int = typer.Option(None, help="Block the SAE reads (default: from its hook_name)."),
-    corpus: str = typer.Option("embedded", help="embedded or a corpus path."),
+    model: str = SAE_MODEL,
+    layer: int = SAE_LAYER,
+    corpus: str = CORPUS,
     split: str = typer.Option("sae_train", help="Split whose codes decide the live latents."),
     tokens: int = STORE_TOKENS,
-    context_size: int = typer.Option(256, "--context-size", help="Tokens per chunk."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    context_size: int = CONTEXT_SIZE,
+    device: str = DEVICE,
 ) -> None:
     """Cluster live latents by their L2-normalised decoder directions; write per-cluster metrics."""
     from featgeo.sae.cluster_methods import get_cluster_method
