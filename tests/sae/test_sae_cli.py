@@ -119,6 +119,8 @@ def test_train_is_deterministic_and_resumes(tiny_llama, text_corpus, tmp_path, m
     assert not (tmp_path / "cut").exists()
     assert read_json(tmp_path / ".cut.checkpoint" / "trainer_state.json")["n_steps"] == 100
     monkeypatch.setattr(training.SAETrainer, "_step", step)
+    other = [*args, "--seed", "1"]
+    one_line_error(runner.invoke(app, other), "interrupted run with other settings (seed)")
     resumed = runner.invoke(app, args)
     assert resumed.exit_code == 0, resumed.output
     straight = runner.invoke(app, [*args[:-1], str(tmp_path / "straight")])

@@ -26,13 +26,11 @@ from featgeo.sae.activation_cache import (
 )
 from featgeo.sae.architectures import SparseAutoencoder
 from featgeo.sae.saelens_format import CFG_FILENAME, load_sae, save_sae
-from featgeo.sae.training import SAETrainer, TrainConfig
+from featgeo.sae.training import RUNTIME_FIELDS, STATE_FILENAME, SAETrainer, TrainConfig
 
 log = logging.getLogger(__name__)
 
 TRAINING_FILENAME = "training.json"
-_NOT_SETTINGS = ("device", "progress", "log_every", "checkpoint_every")
-"""TrainConfig fields that do not change the trained SAE (for reuse decisions)."""
 
 
 def hook_name(layer: int) -> str:
@@ -105,7 +103,7 @@ def train_sae(
     settings = {
         "activations": header,
         "collect_batch_size": collect_batch_size,
-        "train": {k: v for k, v in asdict(cfg).items() if k not in _NOT_SETTINGS},
+        "train": {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_FIELDS},
     }
     finished = _finished_summary(out, settings)
     if finished is not None and not force:
@@ -116,6 +114,8 @@ def train_sae(
             f"--out {out} already exists and was not trained with these settings; pass --force "
             "to replace it or choose another --out"
         )
+    checkpoint = out.parent / f".{out.name}.checkpoint"
+    _discard_other_checkpoint(checkpoint, cfg, force)
 
     lm = load_model(model, device=torch_device)
     check_layer(lm, layer)
@@ -135,7 +135,6 @@ def train_sae(
     collect_seconds = time.perf_counter() - start
     del lm, batches  # training needs only the cached activations
 
-    checkpoint = out.parent / f".{out.name}.checkpoint"
     start = time.perf_counter()
     trainer = SAETrainer(replace(cfg, progress=progress))
     trainer.fit(
@@ -157,6 +156,24 @@ def train_sae(
     save_sae(trainer.sae_, out, extra_json={TRAINING_FILENAME: summary})
     shutil.rmtree(checkpoint, ignore_errors=True)
     return SAETrainResult(out, trainer.sae_, summary)
+
+
+def _discard_other_checkpoint(checkpoint: Path, cfg: TrainConfig, force: bool) -> None:
+    """A checkpoint of an interrupted run with other settings is removed with ``force`` and
+    otherwise reported (resuming from it would train a different SAE)."""
+    state_file = checkpoint / STATE_FILENAME
+    if not state_file.is_file():
+        return
+    saved = read_json(state_file).get("config", {})
+    differs = [k for k, v in asdict(cfg).items() if k not in RUNTIME_FIELDS and saved.get(k) != v]
+    if not differs:
+        return
+    if not force:
+        raise FileExistsError(
+            f"{checkpoint} holds an interrupted run with other settings ({', '.join(differs)}); "
+            "pass --force to discard it, or rerun with its settings to resume"
+        )
+    shutil.rmtree(checkpoint)
 
 
 def _finished_summary(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:

@@ -45,7 +45,7 @@ SAE_SUBDIR = "sae"
 
 _OPTION_NAMES = {"total_tokens": "--tokens"}
 """CLI spellings of config fields whose option name differs from the field name."""
-_RESUME_IGNORED = ("device", "progress", "log_every", "checkpoint_every")
+RUNTIME_FIELDS = ("device", "progress", "log_every", "checkpoint_every")
 """Config fields that may differ between a checkpoint and the run resuming from it."""
 
 
@@ -470,7 +470,7 @@ class SAETrainer:
 
 def _check_same_config(saved: dict[str, Any], cfg: TrainConfig, folder: Path) -> None:
     for f in fields(TrainConfig):
-        if f.name in _RESUME_IGNORED:
+        if f.name in RUNTIME_FIELDS:
             continue
         ours, theirs = getattr(cfg, f.name), saved.get(f.name)
         if ours != theirs:
