@@ -113,6 +113,36 @@ def test_max_tokens_cuts_exactly(model, corpus, tokenizer):
     assert all(b.acts.shape[0] == b.position.size == b.token_ids.size for b in batches)
 
 
+@pytest.mark.parametrize("max_tokens", [None, 200])
+def test_skip_batches_continues_exactly_without_running_them(
+    model, corpus, tokenizer, max_tokens, monkeypatch
+):
+    from featgeo.sae import activations
+
+    def stream(skip):
+        return list(
+            iter_activation_batches(
+                model, tokenizer, corpus, "sae_train", 1, context_size=32, batch_size=4,
+                max_tokens=max_tokens, skip_batches=skip,
+            )
+        )  # fmt: skip
+
+    whole = stream(0)
+    runs = []
+    run_batch = activations._run_batch
+    monkeypatch.setattr(activations, "_run_batch", lambda *a: runs.append(1) or run_batch(*a))
+    assert len(whole) >= 2
+    for skip in sorted({1, min(3, len(whole)), len(whole) - 1, len(whole)}):
+        runs.clear()
+        rest = stream(skip)
+        assert len(runs) == len(whole) - skip  # skipped batches never reach the model
+        assert len(rest) == len(whole) - skip
+        for a, b in zip(rest, whole[skip:], strict=True):
+            torch.testing.assert_close(a.acts, b.acts, rtol=0, atol=0)
+            np.testing.assert_array_equal(a.position, b.position)
+            np.testing.assert_array_equal(a.doc_index, b.doc_index)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +89,18 @@ def _acts_piece(batch, info: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def build_activation_cache(
     folder: str | Path,
-    batches: Iterable[Any],
+    batches: Iterable[Any] | Callable[[int], Iterable[Any]],
     header: dict[str, Any],
     *,
     progress: bool = True,
+    shard_tokens: int = 65_536,
 ) -> ActivationCache:
     """Store every batch's activations; a finished cache with an equal header is reused.
 
     ``batches`` are :class:`~featgeo.sae.activations.ActivationBatch` es from a deterministic
-    iterator (a resumed build skips the batches already stored by count).
+    iterator, or a function ``skip -> iterator`` that leaves out the first ``skip`` batches
+    (``iter_activation_batches(..., skip_batches=skip)``), so a resumed build neither stores
+    nor recomputes them.
     """
     folder = Path(folder)
     if is_complete(folder, header):
@@ -112,6 +115,7 @@ def build_activation_cache(
         info={"d_model": None},
         description="collecting activations",
         progress=progress,
+        shard_tokens=shard_tokens,
     )
     return ActivationCache.open(folder)
 

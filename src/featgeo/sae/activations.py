@@ -155,6 +155,7 @@ def iter_activation_batches(
     batch_size: int = 8,
     max_tokens: int | None = None,
     device: str | torch.device | None = None,
+    skip_batches: int = 0,
 ) -> Iterator[ActivationBatch]:
     """Stream :class:`ActivationBatch` es over a corpus split, in a deterministic order.
 
@@ -162,7 +163,8 @@ def iter_activation_batches(
     shorter chunks are right-padded and masked, and padded positions are never emitted. With
     ``max_tokens`` the stream stops after exactly that many emitted tokens (the last batch is
     cut). Arguments are validated, and the split read, at call time. ``device`` defaults to the
-    model's; if given, the model must already be there.
+    model's; if given, the model must already be there. ``skip_batches`` leaves out the first
+    batches without running the model on them (a resumed build continues where it stopped).
     """
     layer = check_layer(model, layer)
     batch_size = _check_int("--batch-size", batch_size, 1)
@@ -181,8 +183,9 @@ def iter_activation_batches(
             f"device={str(device)!r} but the model is on {model_device}; "
             "load the model on that device (load_model(..., device=...))"
         )
+    skip_batches = _check_int("skip_batches", skip_batches, 0)
     chunks = document_chunks(corpus, split, tokenizer, context_size)
-    return _batches(model, chunks, layer, batch_size, max_tokens, split)
+    return _batches(model, chunks, layer, batch_size, max_tokens, split, skip_batches)
 
 
 def _batches(
@@ -192,8 +195,10 @@ def _batches(
     batch_size: int,
     max_tokens: int | None,
     split: str,
+    skip_batches: int = 0,
 ) -> Iterator[ActivationBatch]:
     emitted = 0
+    n_batches = 0
     pending: list[Chunk] = []
     pending_tokens = 0  # tokens the pending chunks will emit (position 0 dropped)
     for chunk in chunks:
@@ -203,14 +208,25 @@ def _batches(
         full = max_tokens is not None and emitted + pending_tokens >= max_tokens
         if len(pending) < batch_size and not full:
             continue
+        n_batches += 1
+        if n_batches <= skip_batches:  # the same batch boundaries, without the forward pass
+            emitted = emitted + pending_tokens if not full else max_tokens
+            pending, pending_tokens = [], 0
+            if full:
+                return
+            continue
         batch, emitted, done = _cut(_run_batch(model, pending, layer), emitted, max_tokens)
         pending, pending_tokens = [], 0
         yield batch
         if done:
             return
     if pending:
-        batch, emitted, _ = _cut(_run_batch(model, pending, layer), emitted, max_tokens)
-        yield batch
+        n_batches += 1
+        if n_batches <= skip_batches:
+            emitted += pending_tokens
+        else:
+            batch, emitted, _ = _cut(_run_batch(model, pending, layer), emitted, max_tokens)
+            yield batch
     if emitted == 0:
         raise InputError(f"split {split!r} has no document of 2 or more tokens; nothing to collect")
 

@@ -112,16 +112,21 @@ def build_sae_store(
     check_layer(lm, layer)
     check_sae_matches_model(sae, lm.config.hidden_size)
     sae = sae.to(device=torch_device, dtype=torch.float32)
-    batches = iter_activation_batches(
-        lm,
-        load_tokenizer(model),
-        corpus_data,
-        split,
-        layer,
-        context_size=context_size,
-        batch_size=batch_size,
-        max_tokens=max_tokens,
-    )
+
+    def batches(skip: int):
+        return iter_activation_batches(
+            lm,
+            load_tokenizer(model),
+            corpus_data,
+            split,
+            layer,
+            context_size=context_size,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            skip_batches=skip,
+        )
+
+    batches(0)  # checks the arguments now, before anything is written
     with torch.no_grad():
         return build_store(folder, batches, sae.encode, header, progress=progress)
 

@@ -71,7 +71,7 @@ def open_arrays(folder: Path, names: Iterable[str], what: str):
 
 def write_sharded(
     folder: Path,
-    batches: Iterable[Any],
+    batches: Iterable[Any] | Callable[[int], Iterable[Any]],
     make_piece: MakePiece,
     header: dict[str, Any],
     *,
@@ -82,15 +82,24 @@ def write_sharded(
 ) -> None:
     """Turn every batch into a piece, write pieces in shards, then assemble ``folder``.
 
+    ``batches`` is a deterministic iterable, or a function ``skip -> iterable`` that leaves out
+    the first ``skip`` batches itself (so a resumed build does not recompute them).
+
     ``header`` (JSON values) identifies the content: an interrupted build with an equal header
     is resumed. ``info`` seeds facts that ``make_piece`` may fill in; they are saved with the
     progress and merged into the final header. A batch needs ``n_tokens`` (for the bar).
     """
     staging = partial_dir(folder)
     state = _resume_state(staging, header, dict(info or {}))
+    if callable(batches):  # a factory skips what is stored without computing it
+        batches, skip = batches(state["batches_done"]), 0
+    else:
+        skip = state["batches_done"]
     try:
         with staging_dir(folder, keep_on_error=True) as staging:
-            _fill_shards(staging, batches, make_piece, state, description, progress, shard_tokens)
+            _fill_shards(
+                staging, batches, skip, make_piece, state, description, progress, shard_tokens
+            )
             _finish(staging, state)
     except BaseException:
         if not state["shards"]:  # nothing worth resuming
@@ -122,7 +131,7 @@ def _resume_state(staging: Path, header: dict[str, Any], info: dict[str, Any]) -
     }
 
 
-def _fill_shards(staging, batches, make_piece, state, description, progress, shard_tokens):
+def _fill_shards(staging, batches, skip, make_piece, state, description, progress, shard_tokens):
     pending: list[dict[str, np.ndarray]] = []
     pending_batches = 0
     n_done = sum(s["n_tokens"] for s in state["shards"])
@@ -132,7 +141,7 @@ def _fill_shards(staging, batches, make_piece, state, description, progress, sha
     with bar:
         task = bar.add_task(description, total=total, completed=n_done, status="")
         for i, batch in enumerate(batches):
-            if i < state["batches_done"]:
+            if i < skip:
                 continue  # written by an earlier, interrupted run
             pending.append(make_piece(batch, state["info"]))
             pending_batches += 1

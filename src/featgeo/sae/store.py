@@ -219,7 +219,7 @@ def _check_header(header: dict[str, Any]) -> dict[str, Any]:
 
 def build_store(
     folder: str | Path,
-    batches: Iterable[ActivationBatch],
+    batches: Iterable[ActivationBatch] | Callable[[int], Iterable[ActivationBatch]],
     encode: Callable[[torch.Tensor], torch.Tensor],
     header: dict[str, Any],
     *,
@@ -232,8 +232,10 @@ def build_store(
     ----------
     folder : path
         Final store folder (e.g. ``default_store_dir(store_key(...))``).
-    batches : iterable of ActivationBatch
-        Must be deterministic: a resumed build skips the batches already stored by count.
+    batches : iterable of ActivationBatch, or a function ``skip -> iterable``
+        Must be deterministic: a resumed build skips the batches already stored by count (a
+        function, e.g. ``lambda skip: iter_activation_batches(..., skip_batches=skip)``,
+        skips them without computing them).
     encode : callable
         ``acts [n, d_model] -> codes [n, d_sae]``; zeros are not stored.
     header : dict

@@ -121,19 +121,24 @@ def train_sae(
     check_layer(lm, layer)
     tokenizer = load_tokenizer(model)
     start = time.perf_counter()
-    batches = iter_activation_batches(
-        lm,
-        tokenizer,
-        corpus_data,
-        split,
-        layer,
-        context_size=context_size,
-        batch_size=collect_batch_size,
-        max_tokens=activation_tokens,
-    )
+
+    def batches(skip: int):
+        return iter_activation_batches(
+            lm,
+            tokenizer,
+            corpus_data,
+            split,
+            layer,
+            context_size=context_size,
+            batch_size=collect_batch_size,
+            max_tokens=activation_tokens,
+            skip_batches=skip,
+        )
+
+    batches(0)  # checks the arguments now, before anything is written
     cache = build_activation_cache(default_cache_dir(header), batches, header, progress=progress)
     collect_seconds = time.perf_counter() - start
-    del lm, batches  # training needs only the cached activations
+    lm = None  # training needs only the cached activations: free the model
 
     start = time.perf_counter()
     trainer = SAETrainer(replace(cfg, progress=progress))
