@@ -287,6 +287,25 @@ def test_train_bad_input(overrides, message, tiny_llama, text_corpus, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--tokens", "0"], "--tokens must be a positive int, got 0"),
+        (["--batch-size", "0"], "--batch-size must be a positive int"),
+        (["--context-size", "4096"], "max_position_embeddings 512"),
+        (["--dense-threshold", "1.5"], "--dense-threshold must be a fraction"),
+        (["--split", "nope"], "nope"),
+        (["--json", "{tmp}/out.json", "--layer", "3"], "--layer 3 is out of range"),
+    ],
+)
+def test_eval_bad_options(extra, message, tiny_llama, text_corpus, tmp_path):
+    folder = write_sae(tmp_path / "sae")
+    extra = [e.format(tmp=tmp_path) for e in extra]
+    args = ["sae", "eval", str(folder), "--model", str(tiny_llama), "--corpus", str(text_corpus)]
+    one_line_error(runner.invoke(app, [*args, "--device", "cpu", *extra]), message)
+    assert not (tmp_path / "out.json").exists()
+
+
 def test_eval_layer_out_of_range(tiny_llama, text_corpus, tmp_path):
     folder = write_sae(tmp_path / "sae", hook="blocks.7.hook_resid_post")
     args = ["sae", "eval", str(folder), "--model", str(tiny_llama), "--corpus", str(text_corpus)]

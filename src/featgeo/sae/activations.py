@@ -85,6 +85,18 @@ def check_layer(model: nn.Module, layer: int) -> int:
     return int(layer)
 
 
+def check_context_size(model: nn.Module, context_size: int) -> int:
+    """Validate a chunk length against the model's position limit; returns it as an int."""
+    context_size = _check_int("--context-size", context_size, 2)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is not None and context_size > limit:
+        raise ValueError(
+            f"--context-size {context_size} is longer than the model's "
+            f"max_position_embeddings {limit}; use --context-size {limit} or less"
+        )
+    return context_size
+
+
 def document_chunks(corpus, split: str, tokenizer, context_size: int) -> Iterator[Chunk]:
     """Non-overlapping windows of ``context_size`` tokens of every document of ``split``.
 
@@ -170,13 +182,7 @@ def iter_activation_batches(
     batch_size = _check_int("--batch-size", batch_size, 1)
     if max_tokens is not None:
         max_tokens = _check_int("--max-tokens", max_tokens, 1)
-    context_size = _check_int("--context-size", context_size, 2)
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if limit is not None and context_size > limit:
-        raise ValueError(
-            f"--context-size {context_size} is longer than the model's "
-            f"max_position_embeddings {limit}; use --context-size {limit} or less"
-        )
+    context_size = check_context_size(model, context_size)
     model_device = next(model.parameters()).device
     if device is not None and torch.device(device).type != model_device.type:
         raise ValueError(

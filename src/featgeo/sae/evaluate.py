@@ -29,7 +29,13 @@ from torch import nn
 
 from featgeo.models.components import decoder_layers
 from featgeo.progress import progress_bar
-from featgeo.sae.activations import Chunk, check_layer, document_chunks, pad_chunks
+from featgeo.sae.activations import (
+    Chunk,
+    check_context_size,
+    check_layer,
+    document_chunks,
+    pad_chunks,
+)
 from featgeo.sae.architectures import SparseAutoencoder
 from featgeo.sae.saelens_format import check_sae_matches_model
 
@@ -89,9 +95,11 @@ def evaluate_sae(
     """Evaluate ``sae`` on up to ``max_tokens`` tokens of ``split`` (three forward passes each)."""
     layer = check_layer(model, sae_layer(sae, layer))
     check_sae_matches_model(sae, model.config.hidden_size)
+    context_size = check_context_size(model, context_size)
     dense_threshold = _check_fraction("--dense-threshold", dense_threshold)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"--tokens must be a positive int, got {max_tokens!r}")
+    for option, value in (("--tokens", max_tokens), ("--batch-size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{option} must be a positive int, got {value!r}")
     device = next(model.parameters()).device
     sae = sae.to(device=device, dtype=torch.float32)
     stats = _Stats(sae.cfg.d_sae, device)
