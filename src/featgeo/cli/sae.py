@@ -255,16 +255,17 @@ def cluster(
     results = cluster_sae(sae, built, counts, out, method=method, seed=seed, sae_path=path)
     live = results[0].n_live
     table = Table(title=f"{method} clusters of the {live:,} live latents of {path}")
-    for column in ("n_clusters", "mean size", "mean decoder_dir_rank", "mean recon error", "s"):
+    columns = ("n_clusters", "sizes min/median/max", "mean decoder_dir_rank", "mean recon error")
+    for column in (*columns, "s"):
         table.add_column(column, justify="right")
     table.add_column("output")
     for r in results:
-        sizes = [m["n_latents"] for m in r.metrics]
+        sizes = sorted(m["n_latents"] for m in r.metrics)
         ranks = [m["decoder_dir_rank"] for m in r.metrics]
         errors = [m["cluster_recon_error"] for m in r.metrics]
         table.add_row(
             str(r.n_clusters),
-            f"{sum(sizes) / len(sizes):.1f}",
+            f"{sizes[0]}/{sizes[len(sizes) // 2]}/{sizes[-1]}",
             f"{sum(ranks) / len(ranks):.2f}",
             f"{sum(errors) / len(errors):.4f}",
             f"{r.seconds:.1f}",
