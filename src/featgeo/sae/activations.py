@@ -14,7 +14,7 @@ about 7x faster than a full forward pass (SPEC §0).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,6 +192,21 @@ def iter_activation_batches(
     skip_batches = _check_int("skip_batches", skip_batches, 0)
     chunks = document_chunks(corpus, split, tokenizer, context_size)
     return _batches(model, chunks, layer, batch_size, max_tokens, split, skip_batches)
+
+
+def resumable_batches(
+    model: nn.Module, tokenizer, corpus, split: str, layer: int, **kwargs
+) -> Callable[[int], Iterator[ActivationBatch]]:
+    """``skip -> iter_activation_batches(..., skip_batches=skip)``, for builds that resume
+    (:mod:`featgeo.sae.sharded`). The arguments are checked now, before anything is written."""
+    iter_activation_batches(model, tokenizer, corpus, split, layer, **kwargs)
+
+    def batches(skip: int) -> Iterator[ActivationBatch]:
+        return iter_activation_batches(
+            model, tokenizer, corpus, split, layer, skip_batches=skip, **kwargs
+        )
+
+    return batches
 
 
 def _batches(

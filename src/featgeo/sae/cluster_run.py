@@ -83,7 +83,7 @@ def build_sae_store(
         resolve_device,
         resolve_model,
     )
-    from featgeo.sae.activations import check_layer, iter_activation_batches
+    from featgeo.sae.activations import check_layer, resumable_batches
     from featgeo.sae.evaluate import sae_layer
     from featgeo.sae.saelens_format import check_sae_matches_model
     from featgeo.sae.store import build_store, default_store_dir, store_key
@@ -113,20 +113,16 @@ def build_sae_store(
     check_sae_matches_model(sae, lm.config.hidden_size)
     sae = sae.to(device=torch_device, dtype=torch.float32)
 
-    def batches(skip: int):
-        return iter_activation_batches(
-            lm,
-            load_tokenizer(model),
-            corpus_data,
-            split,
-            layer,
-            context_size=context_size,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            skip_batches=skip,
-        )
-
-    batches(0)  # checks the arguments now, before anything is written
+    batches = resumable_batches(
+        lm,
+        load_tokenizer(model),
+        corpus_data,
+        split,
+        layer,
+        context_size=context_size,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+    )
     with torch.no_grad():
         return build_store(folder, batches, sae.encode, header, progress=progress)
 

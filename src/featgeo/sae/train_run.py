@@ -82,7 +82,7 @@ def train_sae(
         resolve_device,
         resolve_model,
     )
-    from featgeo.sae.activations import check_layer, iter_activation_batches
+    from featgeo.sae.activations import check_layer, resumable_batches
 
     if not isinstance(train, TrainConfig):
         raise TypeError(f"train must be a TrainConfig, got {type(train).__name__}")
@@ -121,24 +121,19 @@ def train_sae(
     check_layer(lm, layer)
     tokenizer = load_tokenizer(model)
     start = time.perf_counter()
-
-    def batches(skip: int):
-        return iter_activation_batches(
-            lm,
-            tokenizer,
-            corpus_data,
-            split,
-            layer,
-            context_size=context_size,
-            batch_size=collect_batch_size,
-            max_tokens=activation_tokens,
-            skip_batches=skip,
-        )
-
-    batches(0)  # checks the arguments now, before anything is written
+    batches = resumable_batches(
+        lm,
+        tokenizer,
+        corpus_data,
+        split,
+        layer,
+        context_size=context_size,
+        batch_size=collect_batch_size,
+        max_tokens=activation_tokens,
+    )
     cache = build_activation_cache(default_cache_dir(header), batches, header, progress=progress)
     collect_seconds = time.perf_counter() - start
-    lm = None  # training needs only the cached activations: free the model
+    lm = batches = None  # training needs only the cached activations: free the model
 
     start = time.perf_counter()
     trainer = SAETrainer(replace(cfg, progress=progress))
