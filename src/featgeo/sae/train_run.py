@@ -11,6 +11,7 @@ reused; a folder with other settings is replaced only with ``force``.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -185,8 +186,6 @@ def _finished_summary(out: Path, settings: dict[str, Any]) -> dict[str, Any] | N
 
 
 def _json_roundtrip(value: Any) -> Any:
-    import json
-
     return json.loads(json.dumps(value))
 
 
