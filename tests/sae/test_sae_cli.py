@@ -245,8 +245,13 @@ SAE_CASES = [
 ]
 
 
+def nothing_built(tmp_path) -> bool:
+    stores = tmp_path / "cache" / "activation_stores"
+    return not stores.exists() or not any(stores.iterdir())
+
+
 @pytest.mark.parametrize("case,message", SAE_CASES, ids=[c[0] for c in SAE_CASES])
-@pytest.mark.parametrize("command", ["eval", "cluster"])
+@pytest.mark.parametrize("command", ["eval", "store", "cluster"])
 def test_bad_sae_folders(case, message, command, tiny_llama, text_corpus, tmp_path):
     folder = corrupt(case, tmp_path)
     out = tmp_path / "out"
@@ -257,7 +262,44 @@ def test_bad_sae_folders(case, message, command, tiny_llama, text_corpus, tmp_pa
          "--context-size", "64", "--device", "cpu", *extra],
     )  # fmt: skip
     one_line_error(result, message)
-    assert not out.exists()
+    assert not out.exists() and nothing_built(tmp_path)
+
+
+CLUSTER_CASES = [
+    (["--n-clusters", "64"], "--n-clusters 64 is larger than the SAE's 32 latents"),
+    (["--n-clusters", "8,x"], "--n-clusters must be a comma list of ints"),
+    (["--n-clusters", "1"], "--n-clusters needs distinct ints >= 2"),
+    (["--n-clusters", "8,8"], "--n-clusters needs distinct ints >= 2"),
+    (["--method", "dbscan"], "dbscan"),
+    (["--n-clusters", "4", "--split", "nope"], "nope"),
+]
+
+
+@pytest.mark.parametrize("extra,message", CLUSTER_CASES, ids=[c[1][:24] for c in CLUSTER_CASES])
+def test_cluster_bad_options(extra, message, tiny_llama, text_corpus, tmp_path):
+    folder = write_sae(tmp_path / "sae")
+    out = tmp_path / "clusters"
+    result = runner.invoke(
+        app,
+        ["sae", "cluster", str(folder), "--out", str(out), "--model", str(tiny_llama),
+         "--corpus", str(text_corpus), "--device", "cpu", *extra],
+    )  # fmt: skip
+    one_line_error(result, message)
+    assert not out.exists() and nothing_built(tmp_path)
+
+
+def test_cluster_sae_refuses_a_store_of_another_sae(tiny_llama, text_corpus, tmp_path):
+    from featgeo.sae import build_sae_store, cluster_sae
+
+    small = load_sae(write_sae(tmp_path / "a"))
+    other = load_sae(write_sae(tmp_path / "b", d_sae=48))
+    store = build_sae_store(
+        small, model=str(tiny_llama), corpus=str(text_corpus), context_size=64,
+        max_tokens=300, device="cpu", progress=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="the store holds codes of 32 latents but the SAE has 48"):
+        cluster_sae(other, store, [4], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_load_without_cfg(tmp_path):

@@ -243,6 +243,7 @@ def test_defaults():
         ({"aux_k": 0}, ValueError, "--aux-k must be >= 1"),
         ({"architecture": "gated"}, ValueError, "cannot be trained; choose from topk"),
         ({"l0_coef": -1.0}, ValueError, "--l0-coef must be >= 0"),
+        ({"jumprelu_bandwidth": 0.0}, ValueError, "jumprelu_bandwidth must be > 0"),
         ({"b_dec_init": "zeros"}, ValueError, "b_dec_init must be"),
     ],
     ids=[
@@ -256,6 +257,7 @@ def test_defaults():
         "aux_k=0",
         "gated",
         "neg-l0-coef",
+        "zero-bandwidth",
         "bad-b_dec-init",
     ],
 )

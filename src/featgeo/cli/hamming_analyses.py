@@ -51,21 +51,27 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
+MATRIX = typer.Argument(..., help=MATRIX_HELP)
+N_CLUSTERS = typer.Option(8, "--n-clusters", help="k-means clusters.")
+AXIS = typer.Option("columns", "--axis", help=AXIS_HELP)
+CLUSTER_ON = typer.Option("masks", "--cluster-on", help=CLUSTER_ON_HELP)
+BLOCK_SIZE = typer.Option(8, "--block-size", help="Features per MMM block.")
+
+
 def single(
-    matrix: Path = typer.Argument(..., help=MATRIX_HELP),
+    matrix: Path = MATRIX,
     feature_idx: int = typer.Option(
         None, "--feature-idx", help="Reference feature (default: drawn with --seed)."
     ),
     n_features: int = typer.Option(128, "--n-features", help="Nearest features to analyse."),
-    n_clusters: int = typer.Option(8, "--n-clusters", help="k-means clusters."),
+    n_clusters: int = N_CLUSTERS,
     seed: int = typer.Option(42, "--seed", help="Seed of the reference draw and of k-means."),
-    axis: str = typer.Option("columns", "--axis", help=AXIS_HELP),
-    cluster_on: str = typer.Option("masks", "--cluster-on", help=CLUSTER_ON_HELP),
-    block_size: int = typer.Option(8, "--block-size", help="Features per MMM block."),
+    axis: str = AXIS,
+    cluster_on: str = CLUSTER_ON,
+    block_size: int = BLOCK_SIZE,
     output_json: Path = typer.Option(None, "--output-json", help="Also write the results here."),
 ) -> None:
     """One reference feature: its nearest features by Hamming, k-means, all cluster metrics."""
-    from featgeo.files import write_json
     from featgeo.sparsity.executions import run_single, single_to_json
 
     with _warnings_as_lines():
@@ -80,26 +86,23 @@ def single(
             block_size=block_size,
         )
     _print_single(result)
-    if output_json is not None:
-        write_json(output_json, single_to_json(result))
-        console.print(f"wrote {output_json}", highlight=False)
+    _write_json(output_json, single_to_json(result))
 
 
 def multi(
-    matrix: Path = typer.Argument(..., help=MATRIX_HELP),
+    matrix: Path = MATRIX,
     n_executions: int = typer.Option(
         10, "--n-executions", help="Distinct reference features drawn with --seed."
     ),
     n_features: int = typer.Option(128, "--n-features", help="Nearest features per execution."),
-    n_clusters: int = typer.Option(8, "--n-clusters", help="k-means clusters."),
+    n_clusters: int = N_CLUSTERS,
     seed: int = typer.Option(42, "--seed", help="Seed of the reference draws and of k-means."),
-    axis: str = typer.Option("columns", "--axis", help=AXIS_HELP),
-    cluster_on: str = typer.Option("masks", "--cluster-on", help=CLUSTER_ON_HELP),
-    block_size: int = typer.Option(8, "--block-size", help="Features per MMM block."),
+    axis: str = AXIS,
+    cluster_on: str = CLUSTER_ON,
+    block_size: int = BLOCK_SIZE,
     output_json: Path = typer.Option(None, "--output-json", help="Write all results here."),
 ) -> None:
     """Repeat the single analysis on N random reference features; mean ± std of every metric."""
-    from featgeo.files import write_json
     from featgeo.sparsity.executions import multi_to_json, run_multi
 
     with _warnings_as_lines():
@@ -114,9 +117,15 @@ def multi(
             block_size=block_size,
         )
     _print_multi(result)
-    if output_json is not None:
-        write_json(output_json, multi_to_json(result))
-        console.print(f"wrote {output_json}", highlight=False)
+    _write_json(output_json, multi_to_json(result))
+
+
+def _write_json(path: Path | None, payload: dict) -> None:
+    if path is not None:
+        from featgeo.files import write_json
+
+        write_json(path, payload)
+        console.print(f"wrote {path}", highlight=False)
 
 
 def _table(title: str) -> Table:

@@ -28,31 +28,25 @@ import numpy as np
 import torch
 
 from featgeo.cache import cache_dir
-from featgeo.sae.sharded import FORMAT_VERSION, is_complete, open_arrays, write_sharded
+from featgeo.sae.sharded import (
+    FORMAT_VERSION,
+    TOKEN_ARRAYS,
+    ShardedArrays,
+    is_complete,
+    token_columns,
+    write_sharded,
+)
 
 log = logging.getLogger(__name__)
 
-TOKEN_ARRAYS = ("token_ids", "doc_index", "chunk_index", "position")
 
-
-class ActivationCache:
+class ActivationCache(ShardedArrays):
     """Read access to a finished cache; use :meth:`open` or :func:`build_activation_cache`."""
 
-    def __init__(self, folder: Path, header: dict[str, Any], arrays: dict[str, np.ndarray]):
-        self.folder = folder
-        self.header = header
-        self.acts: np.ndarray = arrays["acts"]
-        """float32 [n_tokens, d_model], memory-mapped."""
-        self.token_ids: np.ndarray = arrays["token_ids"]
-        self.doc_index: np.ndarray = arrays["doc_index"]
-        self.chunk_index: np.ndarray = arrays["chunk_index"]
-        self.position: np.ndarray = arrays["position"]
-
-    @classmethod
-    def open(cls, folder: str | Path) -> ActivationCache:
-        folder = Path(folder)
-        header, arrays = open_arrays(folder, ["acts", *TOKEN_ARRAYS], "activation cache")
-        return cls(folder, header, arrays)
+    ARRAYS = ("acts", *TOKEN_ARRAYS)
+    WHAT = "activation cache"
+    acts: np.ndarray
+    """float32 [n_tokens, d_model], memory-mapped."""
 
     @property
     def n_tokens(self) -> int:
@@ -81,10 +75,7 @@ def _acts_piece(batch, info: dict[str, Any]) -> dict[str, np.ndarray]:
     acts = batch.acts.detach().to("cpu", torch.float32).numpy()  # [n, d_model]
     if info.get("d_model") is None:
         info["d_model"] = int(acts.shape[1])
-    piece = {"acts": acts, "token_ids": np.asarray(batch.token_ids, dtype=np.int32)}
-    for name in TOKEN_ARRAYS[1:]:
-        piece[name] = np.asarray(getattr(batch, name), dtype=np.int32)
-    return piece
+    return {"acts": acts, **token_columns(batch)}
 
 
 def build_activation_cache(

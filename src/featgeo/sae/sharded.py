@@ -38,6 +38,45 @@ PROGRESS = "progress.json"
 MakePiece = Callable[[Any, dict[str, Any]], dict[str, np.ndarray]]
 """``(batch, info) -> piece``; may record facts it learns (e.g. ``d_sae``) in ``info``."""
 
+TOKEN_ARRAYS = ("token_ids", "doc_index", "chunk_index", "position")
+"""Per-token int32 arrays every folder holds (see ``ActivationBatch``)."""
+
+
+def token_columns(batch) -> dict[str, np.ndarray]:
+    """The :data:`TOKEN_ARRAYS` of an ``ActivationBatch`` as int32 pieces, one entry per token."""
+    n = batch.n_tokens
+    columns = {}
+    for name in TOKEN_ARRAYS:
+        columns[name] = np.asarray(getattr(batch, name), dtype=np.int32).reshape(-1)
+        if columns[name].size != n:
+            raise ValueError(f"batch.{name} has {columns[name].size} entries for {n} tokens")
+    return columns
+
+
+class ShardedArrays:
+    """Read access to a finished folder: its ``header`` and one read-only memory map per name
+    in ``ARRAYS`` (set as attributes). Subclasses name their arrays and ``WHAT`` they are."""
+
+    ARRAYS: tuple[str, ...] = TOKEN_ARRAYS
+    WHAT = "folder"
+    token_ids: np.ndarray
+    doc_index: np.ndarray
+    chunk_index: np.ndarray
+    position: np.ndarray
+
+    def __init__(self, folder: Path, header: dict[str, Any], arrays: dict[str, np.ndarray]):
+        self.folder = folder
+        self.header = header
+        for name in self.ARRAYS:
+            setattr(self, name, arrays[name])
+
+    @classmethod
+    def open(cls, folder: str | Path):
+        """Open a finished folder (arrays memory-mapped read-only)."""
+        folder = Path(folder)
+        header, arrays = open_arrays(folder, cls.ARRAYS, cls.WHAT)
+        return cls(folder, header, arrays)
+
 
 def same_header(stored: dict[str, Any], header: dict[str, Any]) -> bool:
     """Whether a stored header was written for ``header`` (every key of ``header`` equal)."""

@@ -28,7 +28,14 @@ import numpy as np
 import torch
 
 from featgeo.cache import cache_dir
-from featgeo.sae.sharded import FORMAT_VERSION, is_complete, open_arrays, write_sharded
+from featgeo.sae.sharded import (
+    FORMAT_VERSION,
+    TOKEN_ARRAYS,
+    ShardedArrays,
+    is_complete,
+    token_columns,
+    write_sharded,
+)
 
 if TYPE_CHECKING:
     from featgeo.sae.activations import ActivationBatch
@@ -44,12 +51,6 @@ REQUIRED_HEADER_KEYS: tuple[str, ...] = (
     "context_size",
 )
 """What a caller must put in the header; they decide whether a store can be reused."""
-_TOKEN_ARRAYS: dict[str, type] = {
-    "token_ids": np.int32,
-    "doc_index": np.int32,
-    "chunk_index": np.int32,
-    "position": np.int32,
-}
 _CODE_ARRAYS: dict[str, type] = {"latents": np.int32, "values": np.float32}
 _SHARD_TOKENS = 65_536
 
@@ -83,32 +84,23 @@ def default_store_dir(key: str) -> Path:
     return cache_dir() / "activation_stores" / key
 
 
-class ActivationStore:
+class ActivationStore(ShardedArrays):
     """Read access to a finished store; use :meth:`open` (or :func:`build_store`)."""
 
-    def __init__(self, folder: Path, header: dict[str, Any], arrays: dict[str, np.ndarray]):
-        self.folder = folder
-        self.header = header
-        self.indptr: np.ndarray = arrays["indptr"]
-        """int64 [n_tokens + 1]."""
-        self.latents: np.ndarray = arrays["latents"]
-        """int32 [nnz]."""
-        self.values: np.ndarray = arrays["values"]
-        """float32 [nnz]."""
-        self.token_ids: np.ndarray = arrays["token_ids"]
-        self.doc_index: np.ndarray = arrays["doc_index"]
-        self.chunk_index: np.ndarray = arrays["chunk_index"]
-        self.position: np.ndarray = arrays["position"]
+    ARRAYS = ("indptr", *_CODE_ARRAYS, *TOKEN_ARRAYS)
+    WHAT = "activation store"
+    indptr: np.ndarray
+    """int64 [n_tokens + 1]."""
+    latents: np.ndarray
+    """int32 [nnz]."""
+    values: np.ndarray
+    """float32 [nnz]."""
 
     @classmethod
     def open(cls, folder: str | Path) -> ActivationStore:
-        """Open a finished store folder (arrays memory-mapped read-only)."""
-        folder = Path(folder)
-        names = ["indptr", *_CODE_ARRAYS, *_TOKEN_ARRAYS]
-        header, arrays = open_arrays(folder, names, "activation store")
-        n = int(header["n_tokens"])
-        assert arrays["indptr"].shape == (n + 1,), "indptr does not match n_tokens"
-        return cls(folder, header, arrays)
+        store = super().open(folder)
+        assert store.indptr.shape == (store.n_tokens + 1,), "indptr does not match n_tokens"
+        return store
 
     @property
     def n_tokens(self) -> int:
@@ -288,8 +280,4 @@ def _encode_batch(batch, encode, info) -> dict[str, np.ndarray]:
         "latents": cols.to(torch.int32).numpy(),
         "values": codes[rows, cols].numpy(),
     }
-    for name, dtype in _TOKEN_ARRAYS.items():
-        piece[name] = np.asarray(getattr(batch, name), dtype=dtype).reshape(-1)
-        if piece[name].size != n:
-            raise ValueError(f"batch.{name} has {piece[name].size} entries for {n} tokens")
-    return piece
+    return {**piece, **token_columns(batch)}

@@ -46,14 +46,18 @@ def _sparsest(density: np.ndarray, free: np.ndarray) -> int:
     return int(candidates[np.argmin(density[candidates])])
 
 
+def _packed(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bit-packed masks [N, words] (uint64), non-zeros per feature [N], all-free flags [N]."""
+    codes = pack_masks(masks).view(np.uint64)
+    return codes, np.bitwise_count(codes).sum(axis=1), np.ones(codes.shape[0], dtype=bool)
+
+
 def greedy_union_order(masks: np.ndarray, block_size: int, seed: int = 0) -> np.ndarray:
     """Blocks built to maximize coherence directly: start each block at the sparsest free
     feature, then repeatedly add the free feature that adds the fewest new non-zero positions
     to the block's union (ties by index). masks: [N, D] bool -> [N] permutation.
     ``seed`` is unused (the order is deterministic); it keeps the registry signature."""
-    codes = pack_masks(masks).view(np.uint64)  # [N, words]
-    density = np.bitwise_count(codes).sum(axis=1)
-    free = np.ones(codes.shape[0], dtype=bool)
+    codes, density, free = _packed(masks)
     order: list[int] = []
     while free.any():
         first = _sparsest(density, free)
@@ -75,9 +79,7 @@ def greedy_union_order(masks: np.ndarray, block_size: int, seed: int = 0) -> np.
 def nearest_block_order(masks: np.ndarray, block_size: int, seed: int = 0) -> np.ndarray:
     """Greedy Hamming-nearest-neighbour blocks: the sparsest free feature plus its
     ``block_size - 1`` nearest free features by Hamming distance (ties by index)."""
-    codes = pack_masks(masks).view(np.uint64)
-    density = np.bitwise_count(codes).sum(axis=1)
-    free = np.ones(codes.shape[0], dtype=bool)
+    codes, density, free = _packed(masks)
     order: list[int] = []
     while free.any():
         first = _sparsest(density, free)
