@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,9 @@ from featgeo.sae.sharded import (
     FORMAT_VERSION,
     TOKEN_ARRAYS,
     ShardedArrays,
-    is_complete,
+    build_sharded,
     token_columns,
-    write_sharded,
 )
-
-log = logging.getLogger(__name__)
 
 
 class ActivationCache(ShardedArrays):
@@ -47,10 +43,6 @@ class ActivationCache(ShardedArrays):
     WHAT = "activation cache"
     acts: np.ndarray
     """float32 [n_tokens, d_model], memory-mapped."""
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.acts.shape[0])
 
     @property
     def d_model(self) -> int:
@@ -93,13 +85,9 @@ def build_activation_cache(
     (``iter_activation_batches(..., skip_batches=skip)``), so a resumed build neither stores
     nor recomputes them.
     """
-    folder = Path(folder)
-    if is_complete(folder, header):
-        cache = ActivationCache.open(folder)
-        log.info("reusing activation cache %s (%d tokens)", folder, cache.n_tokens)
-        return cache
-    write_sharded(
-        folder,
+    return build_sharded(
+        ActivationCache,
+        Path(folder),
         batches,
         _acts_piece,
         header,
@@ -108,7 +96,6 @@ def build_activation_cache(
         progress=progress,
         shard_tokens=shard_tokens,
     )
-    return ActivationCache.open(folder)
 
 
 def shuffled_batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[torch.Tensor]:

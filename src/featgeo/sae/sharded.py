@@ -20,7 +20,7 @@ import logging
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -77,6 +77,13 @@ class ShardedArrays:
         header, arrays = open_arrays(folder, cls.ARRAYS, cls.WHAT)
         return cls(folder, header, arrays)
 
+    @property
+    def n_tokens(self) -> int:
+        return int(self.header["n_tokens"])
+
+
+ShardedArraysT = TypeVar("ShardedArraysT", bound=ShardedArrays)
+
 
 def same_header(stored: dict[str, Any], header: dict[str, Any]) -> bool:
     """Whether a stored header was written for ``header`` (every key of ``header`` equal)."""
@@ -108,7 +115,8 @@ def open_arrays(folder: Path, names: Iterable[str], what: str):
     return header, arrays
 
 
-def write_sharded(
+def build_sharded(
+    reader: type[ShardedArraysT],
     folder: Path,
     batches: Iterable[Any] | Callable[[int], Iterable[Any]],
     make_piece: MakePiece,
@@ -118,8 +126,9 @@ def write_sharded(
     description: str,
     progress: bool = True,
     shard_tokens: int = 65_536,
-) -> None:
-    """Turn every batch into a piece, write pieces in shards, then assemble ``folder``.
+) -> ShardedArraysT:
+    """``reader.open(folder)``, after building it unless a finished build with an equal header
+    is there: turn every batch into a piece, write pieces in shards, assemble ``folder``.
 
     ``batches`` is a deterministic iterable, or a function ``skip -> iterable`` that leaves out
     the first ``skip`` batches itself (so a resumed build does not recompute them).
@@ -128,6 +137,10 @@ def write_sharded(
     is resumed. ``info`` seeds facts that ``make_piece`` may fill in; they are saved with the
     progress and merged into the final header. A batch needs ``n_tokens`` (for the bar).
     """
+    if is_complete(folder, header):
+        opened = reader.open(folder)
+        log.info("reusing %s %s (%d tokens)", reader.WHAT, folder, opened.n_tokens)
+        return opened
     staging = partial_dir(folder)
     state = _resume_state(staging, header, dict(info or {}))
     if callable(batches):  # a factory skips what is stored without computing it
@@ -144,6 +157,7 @@ def write_sharded(
         if not state["shards"]:  # nothing worth resuming
             shutil.rmtree(staging, ignore_errors=True)
         raise
+    return reader.open(folder)
 
 
 def _resume_state(staging: Path, header: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,15 +31,13 @@ from featgeo.sae.sharded import (
     FORMAT_VERSION,
     TOKEN_ARRAYS,
     ShardedArrays,
-    is_complete,
+    build_sharded,
     token_columns,
-    write_sharded,
 )
 
 if TYPE_CHECKING:
     from featgeo.sae.activations import ActivationBatch
 
-log = logging.getLogger(__name__)
 
 REQUIRED_HEADER_KEYS: tuple[str, ...] = (
     "model",
@@ -101,10 +98,6 @@ class ActivationStore(ShardedArrays):
         store = super().open(folder)
         assert store.indptr.shape == (store.n_tokens + 1,), "indptr does not match n_tokens"
         return store
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.header["n_tokens"])
 
     @property
     def d_sae(self) -> int:
@@ -236,23 +229,17 @@ def build_store(
     shard_tokens : int
         A shard is flushed once it holds at least this many tokens (whole batches only).
     """
-    folder = Path(folder)
-    header = _check_header(header)
-    if is_complete(folder, header):
-        store = ActivationStore.open(folder)
-        log.info("reusing activation store %s (%d tokens)", folder, store.n_tokens)
-        return store
-    write_sharded(
-        folder,
+    return build_sharded(
+        ActivationStore,
+        Path(folder),
         batches,
         lambda batch, info: _encode_batch(batch, encode, info),
-        header,
+        _check_header(header),
         info={"d_sae": header.get("d_sae")},
         description="SAE codes",
         progress=progress,
         shard_tokens=shard_tokens,
     )
-    return ActivationStore.open(folder)
 
 
 def _encode_batch(batch, encode, info) -> dict[str, np.ndarray]:
