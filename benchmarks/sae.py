@@ -38,7 +38,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from featgeo.cache import cache_dir
 from featgeo.corpus import load_corpus
 from featgeo.models.loading import (
     load_model,
@@ -48,7 +47,11 @@ from featgeo.models.loading import (
     resolve_model,
 )
 from featgeo.sae import SAEConfig, SparseAutoencoder, load_sae
-from featgeo.sae.activation_cache import ActivationCache, build_activation_cache, default_cache_dir
+from featgeo.sae.activation_cache import (
+    build_activation_cache,
+    default_cache_dir,
+    find_activation_cache,
+)
 from featgeo.sae.activations import document_chunks, iter_activation_batches
 from featgeo.sae.store import build_store
 from featgeo.sae.training import SAETrainer, TrainConfig
@@ -88,6 +91,7 @@ class Source:
         return {
             "model": self.fingerprint,
             "layer": args.layer,
+            "hook": "resid_post",
             "split": split,
             "corpus_fingerprint": self.corpus.fingerprint,
             "context_size": args.context_size,
@@ -103,17 +107,11 @@ def cached_activations(source: Source, split: str, n_tokens: int, args) -> np.nd
     collection would give); otherwise one of ``n_tokens`` is built.
     """
     header = source.header(split, args, n_tokens)
-    wanted = {k: v for k, v in header.items() if k != "max_tokens"}
-    best = None
-    for path in sorted((cache_dir() / "activations").glob("*/header.json")):
-        stored = json.loads(path.read_text())
-        if not stored.get("complete") or any(stored.get(k) != v for k, v in wanted.items()):
-            continue
-        if stored.get("n_tokens", 0) >= n_tokens and (best is None or stored["n_tokens"] < best[1]):
-            best = (path.parent, stored["n_tokens"])
-    if best is not None:
-        console.print(f"reusing activation cache {best[0]} ({best[1]} tokens) for {split}")
-        cache = ActivationCache.open(best[0])
+    cache = find_activation_cache(header)
+    if cache is not None:
+        console.print(
+            f"reusing activation cache {cache.folder} ({cache.n_tokens} tokens) for {split}"
+        )
     else:
         batches = iter_activation_batches(
             source.model,

@@ -3,6 +3,7 @@ real byte-level BPE tokenizer trained on the test corpus), and a small text corp
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -119,6 +120,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_builder():
+    """:func:`build_tiny_llama`, for tests that need a tiny Llama of another shape. A fixture
+    rather than ``from conftest import ...``: several test folders have a ``conftest`` module
+    and whichever is imported first shadows the others."""
+    return build_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def sae_lens():
+    """The ``sae_lens`` package for parity tests (marked ``saelens``).
+
+    ``make test`` runs those tests in ``.bench/saelens`` (SAELens pins its own transformers)
+    with FEATGEO_REQUIRE_SAELENS=1, where a failed import is a failure, not a skip. Elsewhere
+    they skip only when the package is truly absent.
+    """
+    import importlib
+
+    if os.environ.get("FEATGEO_REQUIRE_SAELENS"):
+        return importlib.import_module("sae_lens")
+    return pytest.importorskip("sae_lens", reason="sae-lens is not installed here (make test "
+                               "runs these tests in .bench/saelens)")
 
 
 @pytest.fixture(scope="module")

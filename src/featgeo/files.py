@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -51,9 +53,48 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(
-        path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
-    )
+    """Write ``obj`` as strict JSON (RFC 8259): non-finite floats become ``null``.
+
+    Python's ``json`` writes ``NaN`` / ``Infinity`` by default, which strict parsers (``jq``,
+    JavaScript, ``json.loads(..., parse_constant=...)``) reject; :func:`to_json_safe` replaces
+    them first and ``allow_nan=False`` makes any that slip through an error, not a bad file.
+    Code that can produce an undefined value should also record *why* (a ``*_undefined`` field).
+    """
+    return write_text(path, dumps_strict(obj, indent=2) + "\n")
+
+
+def dumps_strict(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of :func:`to_json_safe` (obj) with ``allow_nan=False``."""
+    return json.dumps(to_json_safe(obj), allow_nan=False, default=_json_default, **kwargs)
+
+
+def to_json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` that strict JSON can hold: NaN / +-inf floats (Python, numpy or torch
+    scalars, inside arrays and tensors too) become None, numpy / torch scalars become Python
+    numbers, arrays and tensors become lists, tuples become lists, numpy integer keys become
+    ints. Other objects are left for ``json.dumps``'s ``default``."""
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {_json_key(k): to_json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        obj = obj.detach().cpu()
+        if obj.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
+            obj = obj.float()
+        return to_json_safe(obj.tolist())
+    if isinstance(obj, np.ndarray):
+        return to_json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_json_safe(obj.item())
+    return obj
+
+
+def _json_key(key: Any) -> Any:
+    return key.item() if isinstance(key, np.generic) else key
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]], columns: list[str]) -> Path:
@@ -76,6 +117,23 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
+def check_output_file(path: str | os.PathLike | None, option: str) -> None:
+    """Refuse, before any work, an output file path that is a folder or lies under a file.
+
+    ``option`` names the parameter in the message (``--output-json``).
+    """
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} '{path}' is a folder; pass a file path")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(
+                f"{option} '{path}' lies under '{parent}', which is a file; pass a path in a folder"
+            )
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
@@ -92,7 +150,7 @@ def append_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """Append complete lines and fsync, so a crash can lose at most the rows of this call."""
     with open(path, "a", encoding="utf-8") as fh:
         for row in rows:
-            fh.write(json.dumps(row, default=_json_default) + "\n")
+            fh.write(dumps_strict(row) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -96,20 +96,45 @@ def test_corpus_split_access_and_all():
     assert corpus.split("eval") == splits["eval"]
 
 
+def documented_fingerprint(splits: dict[str, list[Document]]) -> str:
+    """The documented rule, written out: sha256 over, for each split in the order calibration,
+    sae_train, eval, vertex, the line "split NAME" and then each document as one compact JSON
+    object (keys id, source, title, licence, text; UTF-8, not ASCII-escaped) and a newline."""
+    h = hashlib.sha256()
+    for name in ("calibration", "sae_train", "eval", "vertex"):
+        h.update(f"split {name}\n".encode())
+        for doc in splits.get(name, []):
+            row = {"id": doc.id, "source": doc.source, "title": doc.title,
+                   "licence": doc.licence, "text": doc.text}  # fmt: skip
+            h.update(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+            h.update(b"\n")
+    return h.hexdigest()
+
+
 def test_corpus_fingerprint_is_content_based():
-    docs = [make_doc(i) for i in range(20)]
+    docs = [make_doc(i, text=f"text of {i}: café “quoted” £{i}\nline two") for i in range(20)]
+    by_hash = {name: [] for name in SPLITS}
+    for doc in docs:  # the split rule, by hand (as in test_split_of_is_the_documented_hash_rule)
+        u = int.from_bytes(hashlib.sha256(f"{SPLIT_SALT}:{doc.id}".encode()).digest()[:8], "big")
+        edges = [0.1, 0.7, 0.8, 1.0]
+        by_hash[SPLITS[next(i for i, e in enumerate(edges) if u / 2**64 < e)]].append(doc)
+    assert sum(1 for v in by_hash.values() if v) >= 3  # several splits, so their order counts
+    expected = documented_fingerprint(by_hash)
     a = Corpus("a", assign_splits(docs))
     b = Corpus("b", assign_splits(docs))
     c = Corpus("c", assign_splits([*docs[:-1], make_doc(19, text="changed")]))
-    assert a.fingerprint == b.fingerprint == content_fingerprint(assign_splits(docs))
-    assert len(a.fingerprint) == 64
+    assert a.fingerprint == b.fingerprint == expected
+    assert content_fingerprint(by_hash) == expected
     assert c.fingerprint != a.fingerprint
 
 
-def test_empty_split_is_an_input_error_that_suggests_all():
+def test_empty_split_is_an_input_error_that_suggests_only_real_options():
     corpus = Corpus("tiny", {"sae_train": [make_doc(1)]})
     assert corpus.split("eval", allow_empty=True) == []
     with pytest.raises(InputError, match=r"split 'eval' of corpus 'tiny' is empty.*--split all"):
+        corpus.split("eval", option="--split")
+    # without the option that chose the split (prune has none), no option is suggested
+    with pytest.raises(InputError, match=r"is empty .*\. Give the corpus more documents\.$"):
         corpus.split("eval")
 
 

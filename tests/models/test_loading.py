@@ -74,7 +74,7 @@ def test_parse_components():
         "mlp.down_proj",
     ]
     assert parse_components(None) == list(COMPONENTS)
-    with pytest.raises(ValueError, match="choose from"):
+    with pytest.raises(ValueError, match="this model's components are self_attn.q_proj, "):
         parse_components("mlp.fc1")
 
 

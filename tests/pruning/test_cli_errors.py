@@ -37,6 +37,10 @@ CASES = [
     (["--corpus", "{empty}"], "no documents"),
     (["--corpus", "{binary}"], "not UTF-8 text"),
     (["--calib-samples", "0"], "--calib-samples must be >= 1"),
+    (["--order", "dense"], "--order must be one of sequential, reference, got 'dense'"),
+    (["--ties", "k"], "--ties must be one of exact, reference, got 'k'"),
+    (["--reference-compat", "--order", "sequential"], "--order sequential was given"),
+    (["--reference-compat", "--ties", "exact"], "--ties exact was given"),
 ]
 
 
@@ -57,9 +61,11 @@ def test_prune_bad_input(
         "--out": str(out),
     }
     extra = [e.format(**bad_corpora) for e in extra]
+    flags = [e for e in extra if e == "--reference-compat"]  # options without a value
+    extra = [e for e in extra if e not in flags]
     for key, value in zip(extra[::2], extra[1::2], strict=True):
         args[key] = value
-    result = runner.invoke(app, ["prune", *[x for kv in args.items() for x in kv]])
+    result = runner.invoke(app, ["prune", *[x for kv in args.items() for x in kv], *flags])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.output

@@ -129,6 +129,10 @@ def test_interrupted_run_resumes_without_redoing_layers(
             torch.load(result.out_dir / path.name, weights_only=True),
         )
     assert not (tmp_path / "out" / ".sparsegpt.partial").exists()
+    # the statistics of the layer pruned before the interruption survive in the checkpoint
+    summary = json.loads((result.out_dir / "prune_summary.json").read_text())
+    assert all(m["dead_inputs"] == 0 for m in summary["matrices"])
+    assert all(m["dense_zeros"] == 0 for m in summary["matrices"])
 
 
 def test_finished_run_is_reused(wanda_run):

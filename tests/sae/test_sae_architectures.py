@@ -48,8 +48,8 @@ def test_unknown_architecture_lists_valid_names():
 @pytest.mark.parametrize(
     ("overrides", "error", "match"),
     [
-        ({"architecture": "topk", "k": 11}, ValueError, r"--k 11 is larger than --d-sae 10"),
-        ({"architecture": "topk", "k": 0}, ValueError, r"--k must be >= 1"),
+        ({"architecture": "topk", "k": 11}, ValueError, r"k=11 is larger than d_sae=10"),
+        ({"architecture": "topk", "k": 0}, ValueError, r"^k must be >= 1"),
         ({"architecture": "standard", "k": 4}, ValueError, r"only used by architecture 'topk'"),
         ({"architecture": "gated"}, ValueError, r"unknown SAE architecture 'gated'"),
         ({"d_in": 0}, ValueError, r"d_in must be >= 1, got 0"),

@@ -20,6 +20,7 @@ from featgeo.sae.clustering import (
     make_clusterer,
     normalized_directions,
 )
+from featgeo.sparsity.metrics import ClusterCountWarning
 
 
 def planted_subspaces(
@@ -194,10 +195,92 @@ def test_bad_inputs(kwargs, error, match):
         cluster_latents(**kwargs)
 
 
-def test_too_many_clusters_after_deduplication():
-    x = np.vstack([np.eye(4), np.eye(4)])  # 8 rows, 4 unique
-    with pytest.raises(ValueError, match="larger than the 4 live latents left after merging"):
-        cluster_latents(x, "k-subspaces", 5)
+@pytest.mark.parametrize("method", ["kmeans", "k-subspaces", "spectral"])
+def test_more_clusters_than_distinct_directions_is_reduced_and_recorded(method):
+    x = np.vstack([np.eye(4), 3 * np.eye(4)])  # 8 rows, 4 distinct directions
+    est = make_clusterer(method, n_clusters=6, random_state=0)
+    with pytest.warns(ClusterCountWarning, match="n_clusters 6 is more than the 4 "):
+        est.fit(x)
+    assert est.n_clusters_ == 4 and est.n_distinct_ == 4
+    assert sorted(set(est.labels_.tolist())) == [0, 1, 2, 3]  # no label names an empty cluster
+    assert (est.labels_[:4] == est.labels_[4:]).all()  # copies share their cluster
+    assert len(est.clusters()) == 4
+
+
+def test_no_reduction_without_duplicates():
+    import warnings
+
+    x = np.random.default_rng(0).standard_normal((12, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClusterCountWarning)
+        est = make_clusterer("kmeans", n_clusters=4).fit(x)
+    assert est.n_clusters_ == 4 and est.n_distinct_ == 12
+
+
+def duplicate_direction_sae(d_in: int = 64, d_sae: int = 32, n_directions: int = 2):
+    """A standard SAE (featgeo's own classes) whose decoder rows take only ``n_directions``
+    distinct unit directions, with W_enc = W_dec.T and b_enc = 0, so copies fire together."""
+    from featgeo.sae import SAEConfig, SparseAutoencoder
+
+    cfg = SAEConfig(
+        d_in=d_in, d_sae=d_sae, architecture="standard", hook_name="blocks.1.hook_resid_post"
+    )
+    sae = SparseAutoencoder.from_config(cfg, seed=0)
+    g = torch.Generator().manual_seed(1)
+    dirs = torch.randn(n_directions, d_in, generator=g)
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    with torch.no_grad():
+        sae.W_dec.copy_(dirs[torch.arange(d_sae) % n_directions])
+        sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_enc.zero_()
+    return sae
+
+
+def strict_json(path):
+    """Parse as RFC 8259 JSON: NaN / Infinity are errors."""
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "k-subspaces"])
+def test_sae_cluster_on_duplicate_latents_records_what_exists(
+    method, tiny_llama, text_corpus, tmp_path, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from featgeo.cli import app
+    from featgeo.sae import save_sae
+
+    monkeypatch.setenv("FEATGEO_CACHE", str(tmp_path / "cache"))
+    folder = save_sae(duplicate_direction_sae(), tmp_path / "sae")
+    out = tmp_path / "clusters"
+    result = CliRunner().invoke(
+        app,
+        ["sae", "cluster", str(folder), "--n-clusters", "4,8", "--method", method,
+         "--out", str(out), "--model", str(tiny_llama), "--corpus", str(text_corpus),
+         "--context-size", "64", "--store-tokens", "1000", "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "n_clusters_requested=4, n_clusters=2" in " ".join(result.output.split())
+    assert "2 (of 4 asked)" in result.output and "2 (of 8 asked)" in result.output
+    for n in (4, 8):
+        info = strict_json(out / f"clusters_{n}" / "clustering.json")
+        assert info["n_live"] == 32
+        assert (info["n_clusters_requested"], info["n_clusters"]) == (n, 2)
+        assert info["n_clusters_reduced"] and info["n_distinct_directions"] == 2
+        rows = (out / f"clusters_{n}" / "cluster_metrics.csv").read_text().splitlines()[1:]
+        assert len(rows) == 2 and {r.split(",")[0] for r in rows} == {"2"}  # n_clusters_total
+        assignments = np.loadtxt(
+            out / f"clusters_{n}" / "cluster_assignments.csv", delimiter=",", skiprows=1
+        ).astype(int)
+        # latents i and i + 2 share a direction, so they share a cluster
+        assert (assignments[::2, 1] == assignments[0, 1]).all()
+        assert (assignments[1::2, 1] == assignments[1, 1]).all()
+        assert assignments[0, 1] != assignments[1, 1]
 
 
 # -- metrics --------------------------------------------------------------------------------

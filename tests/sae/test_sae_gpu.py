@@ -39,7 +39,9 @@ def test_cuda_training_matches_cpu(architecture):
 
 
 def test_cuda_evaluation_and_store_match_cpu(tiny_llama, text_corpus, tmp_path):
-    cfg = SAEConfig(d_in=64, d_sae=128, architecture="topk", k=8, hook_name="blocks.1.x")
+    cfg = SAEConfig(
+        d_in=64, d_sae=128, architecture="topk", k=8, hook_name="blocks.1.hook_resid_post"
+    )
     sae = SparseAutoencoder.from_config(cfg, seed=0)
     corpus = load_corpus(text_corpus)
     results, stores = {}, {}

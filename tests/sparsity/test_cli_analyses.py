@@ -138,7 +138,13 @@ CLI_BAD = [
     ("single", "ok", ["--feature-idx", "32"], "--feature-idx 32 is out of range"),
     ("single", "ok", ["--n-clusters", "20"], "--n-clusters 20 is larger than the 17"),
     ("multi", "ok", ["--n-clusters", "20"], "--n-clusters 20 is larger than the 17"),
-    ("multi", "ok", ["--n-executions", "33"], "--n-executions 33 is larger than the 32"),
+    (
+        "multi",
+        "ok",
+        ["--n-executions", "33", "--rng", "generator"],
+        "--n-executions 33 is larger than the 32",
+    ),
+    ("single", "ok", ["--rng", "mt"], "--rng must be one of legacy, generator, got 'mt'"),
     ("single", "ok", ["--axis", "diagonal"], "--axis must be 'columns' or 'rows'"),
     ("multi", "ok", ["--cluster-on", "both"], "--cluster-on must be 'masks' or 'weights'"),
 ]

@@ -21,6 +21,8 @@ from featgeo.sparsity.executions import (
     run_single,
     single_to_json,
 )
+from featgeo.sparsity.metrics import UNDEFINED_ZERO_WITHIN
+from featgeo.sparsity.references import BETWEEN_PAIRS_NOTE
 
 
 def planted_matrix(
@@ -66,15 +68,16 @@ def test_toy_metrics_by_hand(tmp_path):
     assert a.neighbour_distances.tolist() == [0, 1, 1, 1, 1]
     # three distinct masks, three clusters: every point sits on its centroid
     assert a.centroid.mean_within_centroid_distance == 0
-    assert a.centroid.centroid_separation_ratio == math.inf
-    assert a.centroid.centroid_separation_band == "excellent"
+    assert a.centroid.centroid_separation_ratio is None  # between / 0: undefined, no band
+    assert a.centroid.centroid_separation_band is None
+    assert a.centroid.centroid_separation_ratio_undefined == UNDEFINED_ZERO_WITHIN
     assert a.centroid.cluster_sizes == [2, 2, 2] and a.centroid.cluster_balance == 0
     # centroids r, A, B: |r-A| = |r-B| = 1, |A-B| = sqrt(2)
     assert a.centroid.mean_between_centroid_distance == pytest.approx((2 + math.sqrt(2)) / 3)
     assert a.hamming.within_per_cluster == [0, 0, 0] and a.hamming.mean_within_hamming == 0
     # normalized Hamming r-A = r-B = 1/4, A-B = 2/4
     assert a.hamming.mean_between_hamming == pytest.approx(1 / 3)
-    assert a.hamming.hamming_separation_ratio == math.inf
+    assert a.hamming.hamming_separation_ratio is None
     assert a.hamming_stats["hamming_mean"] == pytest.approx(0.8)
     assert a.hamming_stats["hamming_std"] == pytest.approx(0.4)
     assert a.hamming_stats["hamming_range_normalized"] == pytest.approx(0.25)
@@ -92,14 +95,25 @@ def test_two_planted_clusters_have_zero_within(tmp_path):
         assert sorted(a.centroid.cluster_sizes) == [20, 20]
         assert a.centroid.mean_within_centroid_distance == 0
         assert a.hamming.mean_within_hamming == 0
-        assert a.centroid.centroid_separation_band == "excellent"
+        assert a.centroid.centroid_separation_band is None
     agg = result.aggregate()
-    assert agg["centroid_separation_ratio"] == {"mean": math.inf, "std": None, "n_infinite": 3}
-    assert agg["mean_within_hamming"] == {"mean": 0.0, "std": 0.0, "n_infinite": 0}
+    assert agg["centroid_separation_ratio"] == {
+        "mean": None,
+        "std": None,
+        "n_undefined": 3,
+        "undefined_reasons": {UNDEFINED_ZERO_WITHIN: 3},
+    }
+    assert agg["mean_within_hamming"] == {"mean": 0.0, "std": 0.0, "n_undefined": 0}
     out = write_json(tmp_path / "two.json", multi_to_json(result))
     loaded = json.loads(out.read_text())
-    assert loaded["aggregate"]["hamming_separation_ratio"]["n_infinite"] == 3
-    assert loaded["separation_bands"] == {"excellent": 3, "good": 0, "moderate": 0, "poor": 0}
+    assert loaded["aggregate"]["hamming_separation_ratio"]["n_undefined"] == 3
+    assert loaded["separation_bands"] == {
+        "excellent": 0,
+        "good": 0,
+        "moderate": 0,
+        "poor": 0,
+        "undefined": 3,
+    }
 
 
 def brute_force_neighbours(masks: np.ndarray, index: int, n: int) -> list[int]:
@@ -124,7 +138,10 @@ def test_reference_drawn_with_seed(tmp_path):
     path = save(planted_matrix(), tmp_path / "m.pt")
     result = run_single(path, n_features=8, n_clusters=2, seed=5)
     assert result.feature_drawn
-    assert result.analysis.feature_idx == int(np.random.default_rng(5).integers(40))
+    # legacy numpy, as the original script: np.random.seed(5); np.random.randint(0, 40)
+    assert result.analysis.feature_idx == int(np.random.RandomState(5).randint(0, 40))
+    generator = run_single(path, n_features=8, n_clusters=2, seed=5, rng="generator")
+    assert generator.analysis.feature_idx == int(np.random.default_rng(5).integers(40))
 
 
 def test_multi_same_seed_byte_identical_json(tmp_path):
@@ -136,8 +153,22 @@ def test_multi_same_seed_byte_identical_json(tmp_path):
     other = run_multi(path, seed=8, **kwargs)
     assert json.loads(first.read_text())["config"]["seed"] == 7
     refs = [e["feature_idx"] for e in json.loads(first.read_text())["executions"]]
-    assert refs == draw_references(40, 4, 7) and len(set(refs)) == 4
+    # What the original script does: np.random.seed(seed), then randint(0, N) per execution.
+    state = np.random.RandomState(7)
+    assert refs == [int(state.randint(0, 40)) for _ in range(4)]
     assert other.feature_indices != refs
+
+
+def test_draw_references_follow_the_documented_streams():
+    # legacy: the original scripts' global-state calls, one randint per execution
+    np.random.seed(42)
+    legacy = [int(np.random.randint(0, 1536)) for _ in range(6)]
+    assert draw_references(1536, 6, 42) == legacy
+    assert legacy[0] == 1126  # the example in featgeo.sparsity.references
+    # generator: default_rng(seed) without replacement
+    expected = np.random.default_rng(3).choice(50, size=5, replace=False).tolist()
+    assert draw_references(50, 5, 3, rng="generator") == expected
+    assert len(set(expected)) == 5
 
 
 def test_multi_json_layout(tmp_path):
@@ -163,6 +194,12 @@ def test_multi_json_layout(tmp_path):
         "axis": "columns",
         "cluster_on": "masks",
         "block_size": 8,
+        "rng": "legacy",
+        "reference_draw": "legacy numpy: np.random.seed(seed); np.random.randint(0, N) per "
+        "execution (with replacement)",
+        "kmeans_random_state": "seed + execution index",
+        "between_cluster_hamming_pairs": BETWEEN_PAIRS_NOTE,
+        "kmeans_random_states": [42, 43],
     }
     assert list(data["aggregate"]) == sorted(data["aggregate"])
     assert (
@@ -189,7 +226,7 @@ def test_parse_export_path(path, expected):
 
 def test_aggregate_mean_std():
     rows = [{"a": 1.0, "seed": 3, "band": "x"}, {"a": 3.0, "seed": 3, "band": "y"}]
-    assert aggregate_metrics(rows) == {"a": {"mean": 2.0, "std": 1.0, "n_infinite": 0}}
+    assert aggregate_metrics(rows) == {"a": {"mean": 2.0, "std": 1.0, "n_undefined": 0}}
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".npy", ".safetensors"])
@@ -276,7 +313,10 @@ def test_bad_inputs(tmp_path, bad_matrix_files, name, kwargs, error, match):
 
 def test_too_many_executions(tmp_path):
     path = save(planted_matrix(), tmp_path / "m.pt")
+    # --rng generator draws without replacement; legacy (the original's) with replacement
     with pytest.raises(ValueError, match="--n-executions 41 is larger than the 40 features"):
-        run_multi(path, n_executions=41, n_features=8, progress=False)
+        run_multi(path, n_executions=41, n_features=8, progress=False, rng="generator")
+    with pytest.raises(ValueError, match="--rng must be one of legacy, generator, got 'x'"):
+        run_multi(path, n_executions=2, n_features=8, progress=False, rng="x")
     with pytest.raises(ValueError, match="--n-executions must be >= 1"):
         run_multi(path, n_executions=0, n_features=8, progress=False)

@@ -25,7 +25,9 @@ from featgeo.sparsity.metrics import (
         (0.7, "moderate"),
         (0.5, "poor"),
         (0.0, "poor"),
-        (math.inf, "excellent"),
+        (math.inf, None),  # ~x / 0: undefined, never "excellent"
+        (math.nan, None),
+        (None, None),
     ],
 )
 def test_separation_band(ratio, band):
@@ -53,10 +55,12 @@ def test_identical_masks_in_two_clusters_have_zero_within():
     hm = hamming_metrics(normalized, labels)
     assert hm.within_per_cluster == [0.0, 0.0] and hm.mean_within_hamming == 0.0
     assert hm.mean_between_hamming == pytest.approx(1.0)  # a and b differ everywhere
-    assert hm.hamming_separation_ratio == math.inf
+    assert hm.hamming_separation_ratio is None
+    assert "identical masks" in hm.hamming_separation_ratio_undefined
     cm = centroid_metrics(masks.astype(float), labels, np.stack([a, b]).astype(float))
     assert cm.mean_within_centroid_distance == 0.0
-    assert cm.centroid_separation_band == "excellent"
+    assert cm.centroid_separation_ratio is None and cm.centroid_separation_band is None
+    assert "within-cluster distance 0" in cm.centroid_separation_ratio_undefined
 
 
 def test_hamming_within_is_mean_over_unordered_pairs_and_singletons_are_zero():

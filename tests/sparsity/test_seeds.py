@@ -65,23 +65,23 @@ def tree(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
-EXPECTED_TREE = [  # seeds=2, k_values=(2, 4); references default_rng(0|1).integers(40) = 34, 18
-    "seed_0/k_2/seed0_k2_feat34_distance_heatmap.png",
-    "seed_0/k_2/seed0_k2_feat34_spy_plot.png",
-    "seed_0/k_2/seed0_k2_feat34_statistics.png",
-    "seed_0/k_2/seed0_k2_feat34_tsne.png",
-    "seed_0/k_4/seed0_k4_feat34_distance_heatmap.png",
-    "seed_0/k_4/seed0_k4_feat34_spy_plot.png",
-    "seed_0/k_4/seed0_k4_feat34_statistics.png",
-    "seed_0/k_4/seed0_k4_feat34_tsne.png",
-    "seed_1/k_2/seed1_k2_feat18_distance_heatmap.png",
-    "seed_1/k_2/seed1_k2_feat18_spy_plot.png",
-    "seed_1/k_2/seed1_k2_feat18_statistics.png",
-    "seed_1/k_2/seed1_k2_feat18_tsne.png",
-    "seed_1/k_4/seed1_k4_feat18_distance_heatmap.png",
-    "seed_1/k_4/seed1_k4_feat18_spy_plot.png",
-    "seed_1/k_4/seed1_k4_feat18_statistics.png",
-    "seed_1/k_4/seed1_k4_feat18_tsne.png",
+EXPECTED_TREE = [  # seeds=2, k_values=(2, 4); references RandomState(0|1).randint(0, 40) = 0, 37
+    "seed_0/k_2/seed0_k2_feat0_distance_heatmap.png",
+    "seed_0/k_2/seed0_k2_feat0_spy_plot.png",
+    "seed_0/k_2/seed0_k2_feat0_statistics.png",
+    "seed_0/k_2/seed0_k2_feat0_tsne.png",
+    "seed_0/k_4/seed0_k4_feat0_distance_heatmap.png",
+    "seed_0/k_4/seed0_k4_feat0_spy_plot.png",
+    "seed_0/k_4/seed0_k4_feat0_statistics.png",
+    "seed_0/k_4/seed0_k4_feat0_tsne.png",
+    "seed_1/k_2/seed1_k2_feat37_distance_heatmap.png",
+    "seed_1/k_2/seed1_k2_feat37_spy_plot.png",
+    "seed_1/k_2/seed1_k2_feat37_statistics.png",
+    "seed_1/k_2/seed1_k2_feat37_tsne.png",
+    "seed_1/k_4/seed1_k4_feat37_distance_heatmap.png",
+    "seed_1/k_4/seed1_k4_feat37_spy_plot.png",
+    "seed_1/k_4/seed1_k4_feat37_statistics.png",
+    "seed_1/k_4/seed1_k4_feat37_tsne.png",
     "summary/metrics_summary.json",
     "summary/summary_distances.png",
     "summary/summary_separation_ratios.png",
@@ -89,9 +89,9 @@ EXPECTED_TREE = [  # seeds=2, k_values=(2, 4); references default_rng(0|1).integ
 
 
 def test_output_tree_is_seed_000s(finished):
-    assert finished.feature_indices == {0: 34, 1: 18}
+    assert finished.feature_indices == {0: 0, 1: 37}
     assert tree(finished.output_dir) == EXPECTED_TREE == finished.files
-    assert expected_tree({0: 34, 1: 18}) == EXPECTED_TREE
+    assert expected_tree({0: 0, 1: 37}) == EXPECTED_TREE
     assert not partial_dir(finished.output_dir).exists()
     assert sorted(finished.computed) == [(0, 2), (0, 4), (1, 2), (1, 4)]
     assert finished.reused == []
@@ -209,8 +209,9 @@ def test_other_settings_discard_an_interrupted_run(matrices, tmp_path, monkeypat
 
 
 BAD = [
-    ({"component": "mlp.up_proj"}, FileNotFoundError, r"layer1-mlp\.up_proj\.pt.*featgeo prune"),
-    ({"component": "mlp.foo_proj"}, ValueError, r"'mlp\.foo_proj' is unknown.*mlp\.down_proj"),
+    ({"component": "mlp.up_proj"}, FileNotFoundError,
+     r"layer1-mlp\.up_proj\.pt' does not exist \(layer 1 there has: mlp\.down_proj\)"),
+    ({"component": "../mlp"}, ValueError, r"--component must be a module name.*got '\.\./mlp'"),
     ({"method": "obs"}, ValueError, r"'obs' is not a pruning method.*sparsegpt.*wanda"),
     ({"k_values": (2, 14)}, ValueError, r"--k-values 14 is larger than the 13 analysed"),
     ({"k_values": (1,)}, ValueError, r"--k-values 1 is too small"),
@@ -298,3 +299,13 @@ def test_cli_bad_input_is_one_line(matrices, tmp_path):
     assert "--k-values 99 is larger" in result.output
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_any_discovered_component_name_works(tmp_path):
+    """Fused layouts export e.g. Phi-3's ``self_attn.qkv_proj``: no fixed Llama list."""
+    matrices = tmp_path / "m"
+    write_matrices(matrices, component="self_attn.qkv_proj")
+    result = run_seeds(
+        matrices, method="wanda", component="self_attn.qkv_proj", output_dir=tmp_path / "o", **SMALL
+    )
+    assert result.summary["config"]["component"] == "self_attn.qkv_proj"

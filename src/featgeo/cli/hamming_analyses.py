@@ -46,9 +46,16 @@ def _warnings_as_lines() -> Iterator[None]:
 def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     return f"{value:.{digits}f}"
+
+
+def _ratio(value: float | None, reason: str | None, band: str | None = None, digits: int = 4):
+    """A separation ratio cell: "1.2345 (good)", or "undefined (reason)" (never a band)."""
+    if value is None:
+        return f"undefined ({reason})" if reason else "undefined"
+    return f"{_fmt(value, digits)} ({band})" if band else _fmt(value, digits)
 
 
 MATRIX = typer.Argument(..., help=MATRIX_HELP)
@@ -56,6 +63,13 @@ N_CLUSTERS = typer.Option(8, "--n-clusters", help="k-means clusters.")
 AXIS = typer.Option("columns", "--axis", help=AXIS_HELP)
 CLUSTER_ON = typer.Option("masks", "--cluster-on", help=CLUSTER_ON_HELP)
 BLOCK_SIZE = typer.Option(8, "--block-size", help="Features per MMM block.")
+RNG = typer.Option(
+    "legacy",
+    "--rng",
+    help="legacy: draw reference features and k-means seeds as the original scripts "
+    "(np.random.seed(seed); np.random.randint(0, N); k-means random_state = seed + execution); "
+    "generator: numpy default_rng without replacement, k-means random_state = seed.",
+)
 
 
 def single(
@@ -70,10 +84,13 @@ def single(
     cluster_on: str = CLUSTER_ON,
     block_size: int = BLOCK_SIZE,
     output_json: Path = typer.Option(None, "--output-json", help="Also write the results here."),
+    rng: str = RNG,
 ) -> None:
     """One reference feature: its nearest features by Hamming, k-means, all cluster metrics."""
+    from featgeo.files import check_output_file
     from featgeo.sparsity.executions import run_single, single_to_json
 
+    check_output_file(output_json, "--output-json")
     with _warnings_as_lines():
         result = run_single(
             matrix,
@@ -84,6 +101,7 @@ def single(
             axis=axis,
             cluster_on=cluster_on,
             block_size=block_size,
+            rng=rng,
         )
     _print_single(result)
     _write_json(output_json, single_to_json(result))
@@ -92,7 +110,7 @@ def single(
 def multi(
     matrix: Path = MATRIX,
     n_executions: int = typer.Option(
-        10, "--n-executions", help="Distinct reference features drawn with --seed."
+        10, "--n-executions", help="Reference features drawn with --seed (see --rng)."
     ),
     n_features: int = typer.Option(128, "--n-features", help="Nearest features per execution."),
     n_clusters: int = N_CLUSTERS,
@@ -101,10 +119,13 @@ def multi(
     cluster_on: str = CLUSTER_ON,
     block_size: int = BLOCK_SIZE,
     output_json: Path = typer.Option(None, "--output-json", help="Write all results here."),
+    rng: str = RNG,
 ) -> None:
     """Repeat the single analysis on N random reference features; mean ± std of every metric."""
+    from featgeo.files import check_output_file
     from featgeo.sparsity.executions import multi_to_json, run_multi
 
+    check_output_file(output_json, "--output-json")
     with _warnings_as_lines():
         result = run_multi(
             matrix,
@@ -115,6 +136,7 @@ def multi(
             axis=axis,
             cluster_on=cluster_on,
             block_size=block_size,
+            rng=rng,
         )
     _print_multi(result)
     _write_json(output_json, multi_to_json(result))
@@ -145,7 +167,7 @@ def _print_header(info: MatrixInfo, extra: str) -> None:
 
 def _print_single(result: SingleResult) -> None:
     a = result.analysis
-    how = "drawn with --seed" if result.feature_drawn else "given"
+    how = f"drawn with --seed {a.seed}, --rng {result.rng}" if result.feature_drawn else "given"
     _print_header(result.matrix, f"reference feature {a.feature_idx} ({how})")
     console.print(_neighbour_table(a))
     console.print(_hamming_stats_table(a.hamming_stats))
@@ -194,17 +216,23 @@ def _hamming_stats_table(stats: dict[str, float]) -> Table:
 
 def _centroid_table(a: FeatureAnalysis) -> Table:
     c = a.centroid
-    table = _table(f"Centroid family: Euclidean, on the {a.cluster_on} (k={a.n_clusters})")
+    table = _table(f"Centroid family: Euclidean, on the {a.cluster_on} ({_k_text(a)})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    ratio = f"{_fmt(c.centroid_separation_ratio)} ({c.centroid_separation_band})"
+    ratio = _ratio(
+        c.centroid_separation_ratio,
+        c.centroid_separation_ratio_undefined,
+        c.centroid_separation_band,
+    )
+    between = _ratio(c.mean_between_centroid_distance, c.mean_between_centroid_distance_undefined)
     for name, value in (
         ("mean within-cluster distance (point to centroid)", _fmt(c.mean_within_centroid_distance)),
-        ("mean between-cluster distance (centroid pairs)", _fmt(c.mean_between_centroid_distance)),
+        ("mean between-cluster distance (centroid pairs)", between),
         ("centroid separation ratio (between / within)", ratio),
         ("total inertia", _fmt(a.inertia)),
         ("cluster balance (std of sizes)", _fmt(c.cluster_balance)),
         ("cluster sizes", " ".join(str(s) for s in c.cluster_sizes)),
+        ("empty clusters", str(c.n_empty_clusters)),
         ("k-means iterations", str(a.n_iter)),
     ):
         table.add_row(name, value)
@@ -220,12 +248,24 @@ def _hamming_family_table(a: FeatureAnalysis) -> Table:
     for cluster, (size, within) in enumerate(
         zip(a.centroid.cluster_sizes, h.within_per_cluster, strict=True)
     ):
-        table.add_row(f"cluster {cluster}", str(size), _fmt(within))
+        table.add_row(f"cluster {cluster}", str(size), "empty" if within is None else _fmt(within))
     table.add_section()
     table.add_row("mean within hamming", "", _fmt(h.mean_within_hamming))
-    table.add_row("mean between hamming", "", _fmt(h.mean_between_hamming))
-    table.add_row("hamming separation ratio", "", _fmt(h.hamming_separation_ratio))
+    between = _ratio(h.mean_between_hamming, h.mean_between_hamming_undefined)
+    table.add_row("mean between hamming", "", between)
+    ratio = _ratio(h.hamming_separation_ratio, h.hamming_separation_ratio_undefined)
+    table.add_row("hamming separation ratio", "", ratio)
     return table
+
+
+def _k_text(a: FeatureAnalysis) -> str:
+    """ "k=8", or "k=2 (8 requested; 2 distinct points)" after a reduction."""
+    if a.n_clusters == a.n_clusters_requested:
+        return f"k={a.n_clusters}"
+    return (
+        f"k={a.n_clusters}; {a.n_clusters_requested} requested, {a.n_distinct_points} distinct "
+        + ("point" if a.n_distinct_points == 1 else "points")
+    )
 
 
 def _mmm_table(a: FeatureAnalysis) -> Table:
@@ -272,20 +312,25 @@ def _print_multi(result: MultiResult) -> None:
     config = result.config
     _print_header(
         result.matrix,
-        f"{config['n_executions']} executions (seed {config['seed']}), "
+        f"{config['n_executions']} executions (seed {config['seed']}, --rng {config['rng']}), "
         f"{config['n_features']} neighbours, k={config['n_clusters']} on the "
         f"{config['cluster_on']}",
     )
     runs = _table("Executions")
-    for column in ("#", "feature", "centroid ratio", "band", "hamming ratio", "MMM coherence"):
+    columns = ("#", "feature", "k", "centroid ratio", "band", "hamming ratio", "MMM coherence")
+    for column in columns:
         runs.add_column(column, justify="left" if column == "band" else "right")
     for i, a in enumerate(result.analyses):
+        c, h = a.centroid, a.hamming
         runs.add_row(
             str(i),
             str(a.feature_idx),
-            _fmt(a.centroid.centroid_separation_ratio, 3),
-            a.centroid.centroid_separation_band,
-            _fmt(a.hamming.hamming_separation_ratio, 3),
+            str(a.n_clusters)
+            if a.n_clusters == a.n_clusters_requested
+            else f"{a.n_clusters} (of {a.n_clusters_requested})",
+            _ratio(c.centroid_separation_ratio, c.centroid_separation_ratio_undefined, None, 3),
+            c.centroid_separation_band or "-",
+            _ratio(h.hamming_separation_ratio, h.hamming_separation_ratio_undefined, None, 3),
             _fmt(a.mmm_block_coherence, 3),
         )
     console.print(runs)
@@ -296,13 +341,19 @@ def _print_multi(result: MultiResult) -> None:
     table.add_column("± std", justify="right")
     for key, name in AGGREGATE_ROWS:
         stats = aggregate[key]
-        note = f" ({stats['n_infinite']} inf left out)" if stats["n_infinite"] else ""
-        table.add_row(name + note, _fmt(stats["mean"]), _fmt(stats["std"]))
+        n_undefined = stats["n_undefined"]
+        note = f" ({n_undefined} undefined left out)" if n_undefined else ""
+        if stats["mean"] is None:
+            reasons = "; ".join(stats.get("undefined_reasons", {}))
+            table.add_row(name, f"undefined ({reasons})" if reasons else "undefined", "-")
+        else:
+            table.add_row(name + note, _fmt(stats["mean"]), _fmt(stats["std"]))
     bands = ", ".join(f"{band} {n}" for band, n in band_counts(result.analyses).items())
     console.print(table)
+    band = aggregate_band(aggregate)
     console.print(
-        f"mean centroid separation ratio: {aggregate_band(aggregate)}; "
-        f"executions per band: {bands}",
+        f"mean centroid separation ratio: {band or 'undefined (no execution has a defined ratio)'}"
+        f"; executions per band: {bands}",
         highlight=False,
     )
     mmm = aggregate["mmm_block_coherence"]["mean"]

@@ -74,26 +74,35 @@ def seeds(
         "masks", "--cluster-on", help="Run k-means on the binary masks or on the weights."
     ),
     block_size: int = typer.Option(8, "--block-size", help="Features per MMM block."),
+    rng: str = typer.Option(
+        "legacy",
+        "--rng",
+        help="legacy: reference feature of seed s as the original script "
+        "(np.random.seed(s); np.random.randint(0, N)); generator: default_rng(s).integers(N).",
+    ),
     k_values_rest: list[str] = typer.Argument(None, hidden=True, metavar="K"),
 ) -> None:
     """Multi-seed clustering: per seed a random reference feature, its nearest features,
     k-means for every k, four figures per (seed, k) and a summary across seeds."""
+    from featgeo.cli.hamming_analyses import _warnings_as_lines
     from featgeo.sparsity.seeds import run_seeds
 
     parsed = parse_k_values(k_values, k_values_rest)
-    result = run_seeds(
-        matrices_dir,
-        method=method,
-        layer=layer,
-        component=component,
-        seeds=n_seeds,
-        n_similar=n_similar,
-        k_values=parsed if parsed is not None else (4, 8, 16),
-        output_dir=output_dir,
-        axis=axis,
-        cluster_on=cluster_on,
-        block_size=block_size,
-    )
+    with _warnings_as_lines():
+        result = run_seeds(
+            matrices_dir,
+            method=method,
+            layer=layer,
+            component=component,
+            seeds=n_seeds,
+            n_similar=n_similar,
+            k_values=parsed if parsed is not None else (4, 8, 16),
+            output_dir=output_dir,
+            axis=axis,
+            cluster_on=cluster_on,
+            block_size=block_size,
+            rng=rng,
+        )
     _print_seeds(result)
 
 
@@ -116,11 +125,24 @@ def _print_seeds(result) -> None:
     for label in columns.values():
         table.add_column(label, justify="right")
     table.add_column("band")
+    undefined = {}
     for k, aggregate in result.summary["per_k"].items():
-        cells = [f"{_num(aggregate[m]['mean'])} ± {_num(aggregate[m]['std'])}" for m in columns]
+        cells = []
+        for m in columns:
+            entry = aggregate[m]
+            cell = f"{_num(entry['mean'])} ± {_num(entry['std'])}"
+            if entry["mean"] is None:
+                cell = "undefined"
+            elif entry["n_undefined"]:
+                cell += f" ({entry['n_undefined']} undefined)"
+            cells.append(cell)
+            for reason in entry.get("undefined_reasons", {}):
+                undefined.setdefault(reason, set()).add(columns[m])
         band = separation_band(aggregate["centroid_separation_ratio"]["mean"])
-        table.add_row(k, *cells, band)
+        table.add_row(k, *cells, band or "undefined")
     console.print(table)
+    for reason, names in undefined.items():
+        console.print(f"undefined {', '.join(sorted(names))}: {reason}", highlight=False)
     reused = f" ({len(result.reused)} (seed, k) reused from an interrupted run)"
     console.print(
         f"wrote {len(result.files)} files to {result.output_dir}{reused if result.reused else ''}",
@@ -151,17 +173,15 @@ def report(
     ),
 ) -> None:
     """Comparative report across matrices: table, insights, figures (Markdown + HTML)."""
-    from featgeo.reports.comparative import build_report
+    from featgeo.reports.comparative import build_report, find_seed_summaries
 
     if seeds_dir is None and Path(DEFAULT_SEEDS_DIR).is_dir():
-        seeds_dir = DEFAULT_SEEDS_DIR
+        seeds_dir = DEFAULT_SEEDS_DIR if find_seed_summaries(DEFAULT_SEEDS_DIR) else None
     sections = []
     if scan_csv is None and Path(DEFAULT_SCAN_CSV).is_file():
         scan_csv = DEFAULT_SCAN_CSV
     if scan_csv is not None:
-        section = _scan_section(scan_csv, out)
-        if section is not None:
-            sections.append(section)
+        sections.append(_scan_section(scan_csv, out))
     result = build_report(results_dir, out, sections, seeds_dir=seeds_dir)
     for sentence in result.insights:
         console.print("- " + sentence.replace("**", ""), highlight=False, soft_wrap=True)
@@ -172,14 +192,12 @@ def report(
 
 
 def _scan_section(scan_csv: str, out: str):
-    """The whole-model scan's report section, when that module provides it."""
+    """The whole-model scan's report section (a failing import is a bug, not a reason to leave
+    the section out)."""
     if not Path(scan_csv).is_file():
         raise FileNotFoundError(
             f"--scan-csv '{scan_csv}' does not exist; run `featgeo hamming scan` first"
         )
-    try:
-        from featgeo.sparsity.scan import scan_section
-    except ImportError:
-        log.info("featgeo.sparsity.scan.scan_section is not available; skipping the scan section")
-        return None
+    from featgeo.sparsity.scan import scan_section
+
     return scan_section(scan_csv, relative_to=out)

@@ -8,6 +8,20 @@ from rich.table import Table
 from featgeo.progress import console
 
 METHOD_HELP = "Pruning method(s), comma separated: magnitude, wanda, sparsegpt."
+ORDER_HELP = (
+    "Inside a decoder layer: sequential (each linear fitted on the outputs of the pruned ones "
+    "before it; default) or reference (all fitted on the dense layer, as locuslab/wanda)."
+)
+TIES_HELP = (
+    "exact (exactly k weights per group; default) or reference (every score <= the (k+1)-th "
+    "smallest, as the reference code; changes magnitude and SparseGPT)."
+)
+REASONS = {
+    "dead_inputs": "weights of inputs that never fired on the calibration data were zeroed",
+    "dense_zeros": "the dense matrices already had zeros",
+    "reference_ties": "--ties reference prunes one more weight plus the ties at the threshold",
+    "other": "weights that reached exactly 0 otherwise",
+}
 
 
 def prune(
@@ -22,8 +36,15 @@ def prune(
     calib_samples: int = typer.Option(32, help="Calibration windows."),
     seqlen: int = typer.Option(512, help="Tokens per calibration / evaluation window."),
     seed: int = typer.Option(0, help="Seed of the calibration window offsets."),
+    order: str = typer.Option(None, help=ORDER_HELP),
+    ties: str = typer.Option(None, help=TIES_HELP),
+    reference_compat: bool = typer.Option(
+        False, help="Shortcut for --order reference --ties reference (the reference code)."
+    ),
     layers: str = typer.Option(None, help="Layers to prune, e.g. 0-29 or 0,3,5-7 (default: all)."),
-    components: str = typer.Option(None, help="Comma list of components (default: all seven)."),
+    components: str = typer.Option(
+        None, help="Comma list of components, as `featgeo model info` lists them (default: all)."
+    ),
     out: str = typer.Option("clustering_characterization", help="Export root folder."),
     corpus: str = typer.Option("embedded", help="embedded or a corpus path."),
     eval_windows: int = typer.Option(
@@ -37,11 +58,14 @@ def prune(
     from featgeo.pruning.config import PruneConfig
     from featgeo.pruning.run import run_prune
 
+    order, ties = _resolve_reference_compat(order, ties, reference_compat)
     config = PruneConfig(
         model=model,
         methods=method,
         sparsity=sparsity,
         nm=nm,
+        order=order,
+        ties=ties,
         calib_samples=calib_samples,
         seqlen=seqlen,
         seed=seed,
@@ -58,7 +82,7 @@ def prune(
     table = Table(
         title=f"pruning {config.model} to {config.target_sparsity:.0%}"
         f"{' ' + config.nm if config.nm else ''} (perplexity on the "
-        f"{config.eval_split} split)"
+        f"{config.eval_split} split; order {config.order}, ties {config.ties})"
     )
     for column in ("model", "sparsity", "perplexity", "prune s", "eval s", "output"):
         table.add_column(column, justify="left" if column in ("model", "output") else "right")
@@ -73,6 +97,35 @@ def prune(
             f"{r.out_dir}{' (reused)' if r.reused else ''}",
         )
     console.print(table)
+    for r in results:
+        note = above_target_note(r.method, r.above_target, config.target_sparsity)
+        if note:
+            console.print(note, soft_wrap=True)  # one line, however narrow the terminal
+
+
+def _resolve_reference_compat(
+    order: str | None, ties: str | None, reference_compat: bool
+) -> tuple[str, str]:
+    if not reference_compat:
+        return order or "sequential", ties or "exact"
+    for name, value in (("--order", order), ("--ties", ties)):
+        if value not in (None, "reference"):
+            raise ValueError(
+                f"--reference-compat sets {name} reference, but {name} {value} was given; "
+                f"drop one of them"
+            )
+    return "reference", "reference"
+
+
+def above_target_note(method: str, above: dict, target: float) -> str | None:
+    """One line saying how many matrices exceed the target sparsity and why; None if none."""
+    if not above or not above.get("matrices"):
+        return None
+    reasons = "; ".join(f"{REASONS[r]} ({r}: {n})" for r, n in above["reasons"].items())
+    return (
+        f"{method}: {above['matrices']} of {above['of']} matrices above the {target:.0%} "
+        f"target (up to {above['max_sparsity']:.2%}): {reasons}"
+    )
 
 
 def ppl(

@@ -15,7 +15,11 @@ ARCHITECTURE_NAMES = {"topk": "topk", "relu": "standard", "standard": "standard"
 MODEL_HELP = "embedded, a local model folder, or a hub id (default: the SAE's metadata.model_name)."
 SAE_PATH = typer.Argument(..., help="SAE folder in SAELens format (cfg.json + sae_weights).")
 SAE_MODEL = typer.Option(None, help=MODEL_HELP)
-SAE_LAYER = typer.Option(None, help="Block the SAE reads (default: from its hook_name).")
+SAE_LAYER = typer.Option(
+    None,
+    help="Block L the SAE reads at, replacing the number in its hook_name (resid_pre stays the "
+    "input of block L, resid_post its output); needed when the hook_name has none.",
+)
 CORPUS = typer.Option("embedded", help="embedded or a corpus path.")
 CONTEXT_SIZE = typer.Option(256, "--context-size", help="Tokens per chunk.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
@@ -35,7 +39,13 @@ def _model_for(sae, model: str | None) -> str:
 
 @app.command("train")
 def train(
-    layer: int = typer.Option(..., "--layer", help="Decoder block whose output the SAE reads."),
+    layer: int = typer.Option(..., "--layer", help="Decoder block L the SAE reads at."),
+    hook: str = typer.Option(
+        "resid_post",
+        "--hook",
+        help="resid_post: the output of block L (blocks.L.hook_resid_post); resid_pre: its "
+        "input, the output of block L-1 or the embeddings for L=0 (blocks.L.hook_resid_pre).",
+    ),
     out: str = typer.Option(..., "--out", help="Output folder, e.g. saes/layer6."),
     model: str = typer.Option("embedded", help="embedded, a local model folder, or a hub id."),
     d_sae: int = typer.Option(4608, "--d-sae", help="Number of latents."),
@@ -49,7 +59,10 @@ def train(
         None, "--l0-coef", help="JumpReLU: L0 penalty weight (default: adapted so L0 ~ --k)."
     ),
     activation_tokens: int = typer.Option(
-        None, "--activation-tokens", help="Collect at most this many tokens (default: whole split)."
+        None,
+        "--activation-tokens",
+        help="Collect at most this many tokens (default: --tokens, what training uses; a bigger "
+        "collection of the same stream already cached is reused).",
     ),
     corpus: str = CORPUS,
     split: str = typer.Option("sae_train", help="Corpus split to train on."),
@@ -77,6 +90,7 @@ def train(
         out,
         config,
         layer=layer,
+        hook=hook,
         model=model,
         corpus=corpus,
         split=split,
@@ -99,11 +113,19 @@ def train(
 
 @app.command("load")
 def load(path: str = SAE_PATH) -> None:
-    """Load an SAELens-format SAE and describe it."""
+    """Load an SAELens-format SAE and describe it (and where in the model it reads)."""
+    from featgeo.sae.hooks import HookNameError, parse_hook_name, sae_hook_point
     from featgeo.sae.saelens_format import load_sae
 
     sae = load_sae(path)
     cfg = sae.cfg
+    parse_hook_name(cfg.hook_name)  # a hook featgeo does not read is refused here
+    try:
+        point = sae_hook_point(sae)
+        same = cfg.hook_name == point.name
+        hook = point.describe() if same else f"{cfg.hook_name} = {point.describe()}"
+    except HookNameError:  # no layer in the name: eval / store / cluster need --layer
+        hook = f"{cfg.hook_name or '(not recorded)'}: names no layer (pass --layer L)"
     table = Table(title=f"SAE {path}", show_header=False)
     norms = sae.W_dec.detach().norm(dim=1)
     rows = [
@@ -111,7 +133,7 @@ def load(path: str = SAE_PATH) -> None:
         ("d_in x d_sae", f"{cfg.d_in} x {cfg.d_sae}"),
         ("dtype", cfg.dtype),
         ("model", cfg.model_name or "(not recorded)"),
-        ("hook", f"{cfg.hook_name or '(not recorded)'} (layer {cfg.layer})"),
+        ("hook", hook),
         ("parameters", f"{sum(p.numel() for p in sae.parameters()):,}"),
         ("decoder row norms", f"{float(norms.min()):.4f} .. {float(norms.max()):.4f}"),
     ]
@@ -145,7 +167,7 @@ def evaluate(
     model = _model_for(sae, model)
     torch_device = resolve_device(device)
     corpus_data = load_corpus(corpus)
-    corpus_data.split(split)
+    corpus_data.split(split, option="--split")
     result = evaluate_sae(
         sae,
         load_model(model, device=torch_device),
@@ -162,6 +184,7 @@ def evaluate(
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
+        ("hook", result.hook),
         (f"tokens of split '{split}'", f"{result.n_tokens:,}"),
         ("fraction of variance explained", f"{result.fve:.4f}"),
         ("mean L0", f"{result.l0:.2f}"),
@@ -264,7 +287,9 @@ def cluster(
         ranks = [m["decoder_dir_rank"] for m in r.metrics]
         errors = [m["cluster_recon_error"] for m in r.metrics]
         table.add_row(
-            str(r.n_clusters),
+            str(r.n_clusters)
+            if r.n_clusters == r.n_clusters_requested
+            else f"{r.n_clusters} (of {r.n_clusters_requested} asked)",
             f"{sizes[0]}/{sizes[len(sizes) // 2]}/{sizes[-1]}",
             f"{sum(ranks) / len(ranks):.2f}",
             f"{sum(errors) / len(errors):.4f}",

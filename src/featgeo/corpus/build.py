@@ -90,6 +90,7 @@ def build_corpus(
     """
     names = parse_sources(sources)
     out = Path(out) if out is not None else default_corpus_dir()
+    _check_out(out)
     if not force and _is_built(out, names):
         log.info("corpus already built at %s (pass force=True / --force to rebuild)", out)
         return out
@@ -111,6 +112,7 @@ def build_from_files(
     from featgeo.corpus.user import load_user_documents
 
     inputs = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    _check_out(Path(out))
     docs = load_user_documents(inputs)
     entry = {
         "name": "user",
@@ -121,6 +123,16 @@ def build_from_files(
     out = Path(out)
     write_corpus(out, docs, name=name or out.name, sources=[entry])
     return out
+
+
+def _check_out(out: Path) -> None:
+    """``out`` becomes a folder: refuse a path that is (or lies under) an existing file."""
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(
+                f"--out '{out}' cannot be a corpus folder: '{path}' is an existing file; "
+                "pass a folder path"
+            )
 
 
 def write_corpus(

@@ -193,8 +193,14 @@ class Corpus:
         """sha256 hex of the content; equal for equal documents in equal splits."""
         return content_fingerprint(self._splits)
 
-    def split(self, name: str, *, allow_empty: bool = False) -> list[Document]:
-        """Documents of split ``name`` (or ``"all"``); an empty split is an error unless allowed."""
+    def split(
+        self, name: str, *, allow_empty: bool = False, option: str | None = None
+    ) -> list[Document]:
+        """Documents of split ``name`` (or ``"all"``); an empty split is an error unless allowed.
+
+        ``option`` is the command-line option that chose ``name`` (``--split``), if any: only
+        then does the error suggest choosing another split with it.
+        """
         if name == ALL:
             docs = [doc for split in SPLITS for doc in self._splits[split]]
         elif name in self._splits:
@@ -206,7 +212,8 @@ class Corpus:
             raise InputError(
                 f"split {name!r} of corpus {self.name!r} is empty ({total} documents in all; "
                 f"each goes to {name!r} with probability {SPLIT_FRACTIONS.get(name, 1.0):.0%}). "
-                "Use --split all, or give the corpus more documents."
+                + (f"Use {option} all, or give" if option else "Give")
+                + " the corpus more documents."
             )
         return docs
 

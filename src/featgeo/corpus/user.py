@@ -76,6 +76,12 @@ def _files(root: Path) -> Iterator[tuple[Path, str]]:
         return
     files = sorted(p for p in root.rglob("*") if p.is_file())
     skipped = [p for p in files if p.suffix.lower() not in SUPPORTED_SUFFIXES]
+    if skipped and len(skipped) == len(files):  # nothing to read: one error, no warning first
+        raise InputError(
+            f"corpus folder {str(root)!r} holds no {'/'.join(SUPPORTED_SUFFIXES)} files (only "
+            f"{len(skipped)} other file(s), e.g. {skipped[0].relative_to(root).as_posix()}); "
+            "give a folder of text files or a built corpus folder"
+        )
     if skipped:
         log.warning(
             "skipping %d file(s) in %s that are not %s (e.g. %s)",

@@ -11,9 +11,12 @@ from featgeo.errors import InputError
 DOC_SEPARATOR = "\n\n"
 
 
-def split_tokens(corpus, split: str, tokenizer) -> torch.Tensor:
-    """All documents of ``split`` joined by a blank line and tokenized: [n_tokens] int64."""
-    docs = corpus.split(split)
+def split_tokens(corpus, split: str, tokenizer, *, option: str | None = None) -> torch.Tensor:
+    """All documents of ``split`` joined by a blank line and tokenized: [n_tokens] int64.
+
+    ``option``: the command-line option that chose ``split``, for the empty-split error.
+    """
+    docs = corpus.split(split, option=option)
     text = DOC_SEPARATOR.join(d.text for d in docs)
     if not text.strip():
         raise InputError(f"corpus '{corpus.name}' has no text in split '{split}'")

@@ -3,9 +3,12 @@ linear components of a decoder layer, and perplexity on a corpus split."""
 
 from featgeo.models.components import (
     COMPONENTS,
+    LLAMA_COMPONENTS,
     ModelInfo,
+    check_component_inputs,
     decoder_layers,
     get_component,
+    model_components,
     model_info,
     parse_components,
     parse_layers,
@@ -20,11 +23,14 @@ from featgeo.models.loading import (
 __all__ = [
     "COMPONENTS",
     "EMBEDDED",
+    "LLAMA_COMPONENTS",
     "ModelInfo",
+    "check_component_inputs",
     "decoder_layers",
     "get_component",
     "load_model",
     "load_tokenizer",
+    "model_components",
     "model_info",
     "parse_components",
     "parse_layers",

@@ -34,7 +34,9 @@ def evaluate_perplexity(
     torch_device = resolve_device(device)
     lm = load_model(model, device=torch_device)
     windows = eval_windows(
-        split_tokens(load_corpus(corpus), split, load_tokenizer(model)), seqlen, max_windows
+        split_tokens(load_corpus(corpus), split, load_tokenizer(model), option="--split"),
+        seqlen,
+        max_windows,
     )
     start = time.perf_counter()
     value = perplexity(lm, windows)

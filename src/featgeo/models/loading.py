@@ -51,6 +51,7 @@ def resolve_model(spec: str | os.PathLike = EMBEDDED) -> ResolvedModel:
                 f"model path '{spec}' is not a Hugging Face model folder (no config.json); "
                 "pass a folder saved with save_pretrained, or --model embedded"
             )
+        _check_config_json(path / "config.json", spec)
         return ResolvedModel(spec, str(path), "local")
     if not _HUB_ID.match(spec) or spec.startswith((".", "~")):
         raise FileNotFoundError(
@@ -58,6 +59,22 @@ def resolve_model(spec: str | os.PathLike = EMBEDDED) -> ResolvedModel:
             "a hub id like 'org/name', or --model embedded"
         )
     return ResolvedModel(spec, _hub_source(spec), "hub")
+
+
+def _check_config_json(path: Path, spec: str) -> None:
+    """A local model's config.json must be a JSON object (transformers would raise OSError)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"model path '{spec}': {path.name} is not valid JSON ({exc}); restore the file "
+            "written by save_pretrained"
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"model path '{spec}': {path.name} holds a {type(config).__name__}, not a JSON "
+            "object; restore the file written by save_pretrained"
+        )
 
 
 def _hub_source(hub_id: str) -> str:
@@ -103,9 +120,12 @@ def load_model(
 
     hf_logging.disable_progress_bar()
     resolved = resolve_model(spec)
-    model = AutoModelForCausalLM.from_pretrained(
-        resolved.source, dtype=dtype, local_files_only=resolved.kind != "hub"
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.source, dtype=dtype, local_files_only=resolved.kind != "hub"
+        )
+    except OSError as exc:  # missing or unreadable weights: transformers says which file
+        raise FileNotFoundError(f"model '{spec}' could not be loaded: {exc}") from None
     model.eval().requires_grad_(False)
     return model.to(device)
 
@@ -115,7 +135,14 @@ def load_tokenizer(spec: str | os.PathLike = EMBEDDED):
     from transformers import AutoTokenizer
 
     resolved = resolve_model(spec)
-    return AutoTokenizer.from_pretrained(resolved.source, local_files_only=resolved.kind != "hub")
+    try:
+        return AutoTokenizer.from_pretrained(
+            resolved.source, local_files_only=resolved.kind != "hub"
+        )
+    except OSError as exc:  # no tokenizer files in the folder, or unreadable ones
+        raise FileNotFoundError(
+            f"the tokenizer of model '{spec}' could not be loaded: {exc}"
+        ) from None
 
 
 def model_fingerprint(source: str | os.PathLike) -> str:

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from featgeo.pruning.masks import nm_mask
+from featgeo.pruning.masks import Ties, check_ties, nm_mask
 
 PRUNERS: dict[str, type[Pruner]] = {}
 
@@ -31,14 +31,24 @@ def get_pruner(name: str) -> type[Pruner]:
 
 
 class Pruner:
-    """Base class. Subclasses set ``name`` and ``needs_inputs`` and implement ``_prune``."""
+    """Base class. Subclasses set ``name`` and ``needs_inputs`` and implement ``_prune``.
+
+    ``ties`` picks the tie rule of unstructured selections (:mod:`featgeo.pruning.masks`):
+    ``exact`` prunes exactly k per group, ``reference`` reproduces the reference code.
+    """
 
     name: ClassVar[str]
     needs_inputs: ClassVar[bool] = True
+    zeroes_dead_inputs: ClassVar[bool] = False
+    """True when the method zeroes every weight of an input that never fired, whatever its
+    mask (SparseGPT), which can push a matrix above the target sparsity."""
 
-    def __init__(self, sparsity: float = 0.5, nm: tuple[int, int] | None = None):
+    def __init__(
+        self, sparsity: float = 0.5, nm: tuple[int, int] | None = None, ties: Ties = "exact"
+    ):
         self.sparsity = sparsity
         self.nm = nm
+        self.ties = ties
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self, inputs: torch.Tensor) -> Pruner:
@@ -67,6 +77,12 @@ class Pruner:
     def _accumulate(self, x: torch.Tensor) -> None:  # x: [tokens, in]
         raise NotImplementedError
 
+    @property
+    def dead_inputs_(self) -> torch.Tensor | None:
+        """Boolean [in_features]: inputs that were exactly 0 on every calibration token
+        (None for pruners that read no inputs)."""
+        return None
+
     def _check_fitted(self) -> None:
         if self.needs_inputs and not hasattr(self, "n_tokens_"):
             raise RuntimeError(
@@ -77,6 +93,7 @@ class Pruner:
     def prune(self, weight: torch.Tensor) -> torch.Tensor:
         """Return a pruned copy of ``weight`` [out_features, in_features] (nn.Linear layout)."""
         self._check_fitted()
+        check_ties(self.ties)
         if weight.ndim != 2:
             raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
         if self.nm is not None and weight.shape[1] % self.nm[1]:

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from featgeo.pruning.base import get_pruner
-from featgeo.pruning.masks import parse_nm
+from featgeo.pruning.masks import TIES, Ties, parse_nm
+from featgeo.pruning.sequential import ORDERS, Order
 
 
 @dataclass
@@ -27,10 +28,18 @@ class PruneConfig:
     """Tokens per calibration and evaluation window."""
     seed: int = 0
     """Seed of the calibration window offsets."""
+    order: Order = "sequential"
+    """Inside a decoder layer: 'sequential' fits each linear on the outputs of the already
+    pruned linears before it; 'reference' fits all of them on the dense layer's inputs (one pass),
+    then prunes them and recomputes the output, as locuslab/wanda does (docs/pruning.md)."""
+    ties: Ties = "exact"
+    """'exact': exactly k weights per selection group; 'reference': every score <= the (k+1)-th
+    smallest, as the reference code (changes magnitude and SparseGPT only; docs/pruning.md)."""
     layers: str | None = None
     """Decoder layers to prune ('0-29', '0,3,5-7'); all when None."""
     components: str | None = None
-    """Comma list of linear components; all seven when None."""
+    """Comma list of linear components (discovered per model, see ``featgeo model info``); all
+    when None."""
     out: str = "clustering_characterization"
     """Export root: {out}/{method}/layer{L}-{component}.pt and prune_summary.json."""
     corpus: str = "embedded"
@@ -56,6 +65,9 @@ class PruneConfig:
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"--method lists a method twice: {','.join(self.methods)}")
         nm = parse_nm(self.nm)
+        for name, value, choices in (("order", self.order, ORDERS), ("ties", self.ties, TIES)):
+            if value not in choices:
+                raise ValueError(f"--{name} must be one of {', '.join(choices)}, got '{value}'")
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
             raise ValueError(f"--sparsity must be in [0, 1), got {self.sparsity}")
         if (

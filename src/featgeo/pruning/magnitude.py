@@ -11,10 +11,15 @@ from featgeo.pruning.masks import matrix_mask
 @register_pruner
 class MagnitudePruner(ScorePruner):
     """Unstructured: the ``sparsity`` fraction of smallest |W| over the whole matrix, as in the
-    magnitude baseline of the Wanda paper; N:M: the N smallest |W| of each group of M inputs."""
+    magnitude baseline of the Wanda paper; N:M: the N smallest |W| of each group of M inputs.
+
+    Ties (unstructured): ``exact`` prunes k = int(numel * s) weights; ``reference`` prunes every
+    |W| <= the (k+1)-th smallest |W| of the matrix (locuslab/wanda ``prune_magnitude``).
+    """
 
     name = "magnitude"
     needs_inputs = False
+    ties_apply = True
 
     def _accumulate(self, x: torch.Tensor) -> None:
         pass  # magnitude ignores inputs
@@ -23,4 +28,4 @@ class MagnitudePruner(ScorePruner):
         return weight.abs()
 
     def _unstructured_mask(self, scores: torch.Tensor) -> torch.Tensor:
-        return matrix_mask(scores, self.sparsity)
+        return matrix_mask(scores, self.sparsity, self.ties)

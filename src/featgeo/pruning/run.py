@@ -21,7 +21,15 @@ from torch import nn
 from featgeo import __version__
 from featgeo.corpus.windows import calibration_windows, eval_windows, split_tokens
 from featgeo.files import partial_dir, read_json, replace_dir, save_tensor, write_json
-from featgeo.models import decoder_layers, get_component, load_model, parse_components, parse_layers
+from featgeo.models import (
+    check_component_inputs,
+    decoder_layers,
+    get_component,
+    load_model,
+    model_components,
+    parse_components,
+    parse_layers,
+)
 from featgeo.models.components import weight_sparsity
 from featgeo.models.loading import load_tokenizer, model_fingerprint, resolve_device, resolve_model
 from featgeo.models.perplexity import perplexity
@@ -74,18 +82,25 @@ class MethodResult:
     sparsity: float
     seconds: dict[str, float]
     reused: bool = False
+    above_target: dict = field(default_factory=dict)
+    """The summary's ``above_target`` block: matrices whose achieved sparsity exceeds the
+    target, and why (see :func:`_above_target`)."""
 
 
 def prepare(config: PruneConfig) -> PreparedRun:
     from featgeo.corpus import load_corpus
 
     t0 = time.perf_counter()
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        raise NotADirectoryError(
+            f"--out '{config.out}' exists and is not a folder; pass a folder path"
+        )
     device = resolve_device(config.device)
     resolved = resolve_model(config.model)
     model = load_model(config.model, device=device)
     n_layers = len(decoder_layers(model))
     layers = parse_layers(config.layers, n_layers)
-    components = parse_components(config.components)
+    components = parse_components(config.components, model_components(model))
     nm = config.nm_pattern
     if nm is not None:
         for name in components:
@@ -93,7 +108,8 @@ def prepare(config: PruneConfig) -> PreparedRun:
             if cols % nm[1]:
                 raise ValueError(
                     f"--nm {config.nm} is impossible for {name}: in_features={cols} "
-                    f"is not divisible by M={nm[1]}"
+                    f"is not divisible by M={nm[1]}; choose an M that divides {cols}, or "
+                    f"leave {name} out of --components"
                 )
     t1 = time.perf_counter()
     corpus = load_corpus(config.corpus)
@@ -107,6 +123,8 @@ def prepare(config: PruneConfig) -> PreparedRun:
     evals = eval_windows(
         split_tokens(corpus, config.eval_split, tokenizer), config.seqlen, config.eval_windows
     )
+    if any(get_pruner(method).needs_inputs for method in config.methods):
+        check_component_inputs(model, components, calib[:1])
     t2 = time.perf_counter()
     return PreparedRun(
         config,
@@ -131,6 +149,8 @@ def method_settings(prep: PreparedRun, method: str) -> dict:
         "model": cfg.model,
         "sparsity": cfg.target_sparsity,
         "nm": cfg.nm,
+        "order": cfg.order,
+        "ties": cfg.ties,
         "calib_samples": cfg.calib_samples,
         "seqlen": cfg.seqlen,
         "seed": cfg.seed,
@@ -182,6 +202,7 @@ def _result_from_summary(folder: Path, summary: dict) -> MethodResult:
         summary["achieved_sparsity"],
         summary["seconds"],
         reused=True,
+        above_target=summary.get("above_target", {}),
     )
 
 
@@ -221,8 +242,10 @@ def _prune_method(
     staging.mkdir(parents=True, exist_ok=True)
     layers = decoder_layers(model)
     pruner_cls = get_pruner(method)
-    make_pruner = lambda: pruner_cls(cfg.target_sparsity, cfg.nm_pattern)  # noqa: E731
+    make_pruner = lambda: pruner_cls(cfg.target_sparsity, cfg.nm_pattern, cfg.ties)  # noqa: E731
     start_layer = 0 if state is None else state["next_layer"]
+    # "{layer}-{component}" -> dense zeros / dead inputs, kept in checkpoints for the summary
+    stats: dict[str, dict] = {} if state is None else state.get("matrix_stats", {})
     seconds = dict(prep.seconds)
     t0 = time.perf_counter()
 
@@ -246,20 +269,24 @@ def _prune_method(
             pruned = _prune_or_forward(
                 layers[index], index, prep, inputs, make_pruner, pruner_cls.needs_inputs
             )
-            for name, weight in pruned.items():
-                save_tensor(staging / matrix_filename(index, name), weight)
+            for name, item in pruned.items():
+                save_tensor(staging / matrix_filename(index, name), item.weight)
+                stats[f"{index}-{name}"] = {
+                    "dense_zeros": item.dense_zeros,
+                    "dead_inputs": item.dead_inputs,
+                }
             if time.perf_counter() - last_checkpoint > CHECKPOINT_EVERY_S:
-                _checkpoint(staging, settings, index + 1, inputs)
+                _checkpoint(staging, settings, index + 1, inputs, stats)
                 last_checkpoint = time.perf_counter()
             bar.update(task, advance=1, status=f"layer {index}")
     seconds["prune"] = time.perf_counter() - t0
     if start_layer <= last:  # so that an interrupted evaluation does not redo the pruning
-        _checkpoint(staging, settings, last + 1, None)
+        _checkpoint(staging, settings, last + 1, None, stats)
 
     t1 = time.perf_counter()
     pruned_ppl = perplexity(model, prep.eval_ids, description=f"{method} perplexity")
     seconds["eval_pruned"] = time.perf_counter() - t1
-    summary = _summary(prep, model, method, settings, dense_ppl, pruned_ppl, seconds)
+    summary = _summary(prep, model, method, settings, dense_ppl, pruned_ppl, seconds, stats)
     if cfg.save_model:
         model.save_pretrained(staging / "model")
         prep.tokenizer.save_pretrained(staging / "model")
@@ -267,7 +294,15 @@ def _prune_method(
     (staging / STATE).unlink(missing_ok=True)
     (staging / HIDDEN).unlink(missing_ok=True)
     replace_dir(staging, final)
-    return MethodResult(method, final, dense_ppl, pruned_ppl, summary["achieved_sparsity"], seconds)
+    return MethodResult(
+        method,
+        final,
+        dense_ppl,
+        pruned_ppl,
+        summary["achieved_sparsity"],
+        seconds,
+        above_target=summary["above_target"],
+    )
 
 
 def _prune_or_forward(layer, index, prep, inputs: LayerInputs | None, make_pruner, needs_inputs):
@@ -275,37 +310,45 @@ def _prune_or_forward(layer, index, prep, inputs: LayerInputs | None, make_prune
     if not needs_inputs:
         return prune_without_inputs(layer, prep.components, make_pruner) if selected else {}
     if selected:
-        inputs.hidden, pruned = prune_layer(layer, inputs, prep.components, make_pruner)
+        inputs.hidden, pruned = prune_layer(
+            layer, inputs, prep.components, make_pruner, prep.config.order
+        )
         return pruned
     with torch.no_grad():
         inputs.hidden = run_layer(layer, inputs)
     return {}
 
 
-def _checkpoint(staging: Path, settings: dict, next_layer: int, inputs: LayerInputs | None):
+def _checkpoint(
+    staging: Path, settings: dict, next_layer: int, inputs: LayerInputs | None, stats: dict
+):
     if inputs is not None:
         save_tensor(staging / HIDDEN, inputs.hidden)
-    write_json(staging / STATE, {"settings": settings, "next_layer": next_layer})
+    state = {"settings": settings, "next_layer": next_layer, "matrix_stats": stats}
+    write_json(staging / STATE, state)
 
 
-def _summary(prep, model, method, settings, dense_ppl, pruned_ppl, seconds) -> dict:
+def _summary(prep, model, method, settings, dense_ppl, pruned_ppl, seconds, stats) -> dict:
     layers = decoder_layers(model)
+    cfg = prep.config
     matrices, zeros, total = [], 0, 0
     for index in prep.layers:
         for name in prep.components:
             weight = get_component(layers[index], name).weight
             n_zero = int((weight == 0).sum())
             zeros, total = zeros + n_zero, total + weight.numel()
-            matrices.append(
-                {
-                    "layer": index,
-                    "component": name,
-                    "file": matrix_filename(index, name),
-                    "shape": list(weight.shape),
-                    "sparsity": weight_sparsity(weight),
-                }
+            entry = {
+                "layer": index,
+                "component": name,
+                "file": matrix_filename(index, name),
+                "shape": list(weight.shape),
+                "sparsity": weight_sparsity(weight),
+                **stats.get(f"{index}-{name}", {"dense_zeros": None, "dead_inputs": None}),
+            }
+            entry["reasons_above_target"] = _reasons_above_target(
+                method, cfg, entry, n_zero, weight.numel()
             )
-    cfg = prep.config
+            matrices.append(entry)
     return {
         "method": method,
         "featgeo_version": __version__,
@@ -327,7 +370,45 @@ def _summary(prep, model, method, settings, dense_ppl, pruned_ppl, seconds) -> d
         "perplexity": {"dense": dense_ppl, "pruned": pruned_ppl},
         "target_sparsity": cfg.target_sparsity,
         "achieved_sparsity": zeros / total if total else 0.0,
+        "above_target": _above_target(matrices),
         "device": str(prep.device),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "matrices": matrices,
+    }
+
+
+def _reasons_above_target(method: str, cfg: PruneConfig, entry: dict, zeros: int, numel: int):
+    """Why a matrix has more zeros than the target asks for; [] when it has not.
+
+    Every rule removes at most ``target * numel`` weights by itself (exact ties, N:M). More
+    zeros come from ``--ties reference`` (k + 1 plus ties per group) and from inputs that never
+    fired (SparseGPT zeroes their weights whatever the mask); those are listed when they apply.
+    Otherwise zeros already in the dense matrix (score 0, so beyond the k a group removes they
+    stay) explain it; failing that, ``other``.
+    """
+    if zeros <= cfg.target_sparsity * numel + 1e-6:
+        return []
+    pruner_cls = get_pruner(method)
+    reasons = []
+    if cfg.ties == "reference" and cfg.nm_pattern is None and pruner_cls.ties_apply:
+        reasons.append("reference_ties")
+    if pruner_cls.zeroes_dead_inputs and entry["dead_inputs"]:
+        reasons.append("dead_inputs")
+    if not reasons and entry["dense_zeros"]:
+        reasons.append("dense_zeros")
+    return reasons or ["other"]
+
+
+def _above_target(matrices: list[dict]) -> dict:
+    """Matrices above the target sparsity: how many, the highest sparsity, counts per reason."""
+    above = [m for m in matrices if m["reasons_above_target"]]
+    reasons: dict[str, int] = {}
+    for m in above:
+        for reason in m["reasons_above_target"]:
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return {
+        "matrices": len(above),
+        "of": len(matrices),
+        "max_sparsity": max((m["sparsity"] for m in above), default=None),
+        "reasons": reasons,
     }

@@ -1,23 +1,34 @@
 """Layer-by-layer pruning of a decoder stack (SPEC §1).
 
-The calibration batch goes through the model one decoder layer at a time. Inside a layer each
-selected linear component is pruned by a forward pre-hook the moment its input arrives, so the
-input it is fitted on already reflects the pruned components before it (SparseGPT's "true
-sequential" order: q/k/v, then o, then gate/up, then down), and the layer's output, which is
-the next layer's input, comes from the fully pruned layer. One forward pass per layer does it
-all. Components that read the same tensor (q/k/v; gate/up) share one fitted pruner.
+The calibration batch goes through the model one decoder layer at a time, and the next layer
+always sees the output of the pruned layer. Inside a layer, two orders (``--order``):
+
+- ``sequential`` (default): each selected linear component is pruned by a forward pre-hook the
+  moment its input arrives, so the input it is fitted on already reflects the pruned
+  components before it (SparseGPT's "true sequential" order: q/k/v, then o, then gate/up, then
+  down). One forward pass per layer.
+- ``reference``: the order of locuslab/wanda's ``prune_wanda`` / ``prune_sparsegpt``: one
+  forward pass through the *dense* layer collects every component's input, then all
+  components are pruned, then a second forward pass through the pruned layer computes the
+  output. o_proj and down_proj are thus fitted on dense-layer inputs.
+
+Components that read the same tensor (q/k/v; gate/up) share one fitted pruner.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
 from featgeo.models.components import decoder_layers, get_component
 from featgeo.pruning.base import Pruner
+
+Order = Literal["sequential", "reference"]
+ORDERS: tuple[Order, ...] = ("sequential", "reference")
 
 
 class _StopForward(Exception):
@@ -63,10 +74,22 @@ def run_layer(layer: nn.Module, inputs: LayerInputs) -> torch.Tensor:
 
 
 @dataclass
-class PrunedLayer:
-    index: int
-    weights: dict[str, torch.Tensor]
-    """Component name -> pruned weight (on the compute device)."""
+class PrunedComponent:
+    """One pruned linear component and what it takes to explain its achieved sparsity."""
+
+    weight: torch.Tensor
+    """The pruned weight [out, in], on the compute device (the module's own parameter)."""
+    dense_zeros: int
+    """Weights that were already 0 before pruning."""
+    dead_inputs: int | None
+    """Inputs that were 0 on every calibration token (None: the method reads no inputs)."""
+
+
+def _prune_component(linear: nn.Linear, pruner: Pruner) -> PrunedComponent:
+    dense_zeros = int((linear.weight == 0).sum())
+    dead = pruner.dead_inputs_
+    linear.weight.copy_(pruner.prune(linear.weight))
+    return PrunedComponent(linear.weight, dense_zeros, None if dead is None else int(dead.sum()))
 
 
 @torch.no_grad()
@@ -75,53 +98,60 @@ def prune_layer(
     inputs: LayerInputs,
     components: list[str],
     make_pruner: Callable[[], Pruner],
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Prune ``components`` of one layer in place during its forward pass.
+    order: Order = "sequential",
+) -> tuple[torch.Tensor, dict[str, PrunedComponent]]:
+    """Prune ``components`` of one layer in place, in the given ``order`` (module docstring).
 
-    Returns the layer's output hidden states and the pruned weights by component name.
+    inputs.hidden: [samples, seqlen, hidden]. Returns the pruned layer's output hidden states
+    (same shape; the next layer's input) and the pruned components by name.
     """
-    pruned: dict[str, torch.Tensor] = {}
+    if order not in ORDERS:
+        raise ValueError(f"--order must be one of {', '.join(ORDERS)}, got '{order}'")
+    pruned: dict[str, PrunedComponent] = {}
     # Inputs seen so far with the pruner fitted on each. Holding the tensor keeps its memory
     # from being reused by a later input, so identity really means "the same input".
     fitted: list[tuple[torch.Tensor, Pruner]] = []
+    pruner_of: dict[str, Pruner] = {}
+    linears = {name: get_component(layer, name) for name in components}
 
-    def hook_for(name: str, linear: nn.Linear):
-        def prune_on_input(_module, args):
-            x = args[0]
+    def hook_for(name: str):
+        def on_input(_module, args):
+            x = args[0]  # [samples, seqlen, in]
             pruner = next((p for seen, p in fitted if seen is x), None)
             if pruner is None:
                 pruner = make_pruner()
                 if pruner.needs_inputs:
                     pruner.fit(x)
                 fitted.append((x, pruner))
-            linear.weight.copy_(pruner.prune(linear.weight))
-            pruned[name] = linear.weight
-            handles.pop(name).remove()  # prune once, on the full calibration batch
+            pruner_of[name] = pruner
+            if order == "sequential":  # prune now, before the linear uses its weight
+                pruned[name] = _prune_component(linears[name], pruner)
+            handles.pop(name).remove()  # fit once, on the full calibration batch
 
-        return prune_on_input
+        return on_input
 
-    handles = {}
-    for name in components:
-        linear = get_component(layer, name)
-        handles[name] = linear.register_forward_pre_hook(hook_for(name, linear))
+    handles = {
+        name: linear.register_forward_pre_hook(hook_for(name)) for name, linear in linears.items()
+    }
     try:
         out = run_layer(layer, inputs)
     finally:
         for handle in handles.values():
             handle.remove()
-    missing = [c for c in components if c not in pruned]
+    missing = [c for c in components if c not in pruner_of]
     assert not missing, f"components never called during the forward pass: {missing}"
+    if order == "reference":  # the pass above read the dense layer; prune, then recompute
+        for name in components:
+            pruned[name] = _prune_component(linears[name], pruner_of[name])
+        out = run_layer(layer, inputs)
     return out, pruned
 
 
 @torch.no_grad()
 def prune_without_inputs(
     layer: nn.Module, components: list[str], make_pruner: Callable[[], Pruner]
-) -> dict[str, torch.Tensor]:
+) -> dict[str, PrunedComponent]:
     """For pruners that ignore inputs (magnitude): no forward pass needed."""
-    pruned = {}
-    for name in components:
-        linear = get_component(layer, name)
-        linear.weight.copy_(make_pruner().prune(linear.weight))
-        pruned[name] = linear.weight
-    return pruned
+    return {
+        name: _prune_component(get_component(layer, name), make_pruner()) for name in components
+    }

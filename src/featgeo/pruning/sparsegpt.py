@@ -6,6 +6,12 @@ weight's error is spread over the not-yet-visited columns through the upper Chol
 H^-1 (an OBS update). Updates are applied lazily in blocks of 128 columns. Unstructured masks
 are chosen per 128-column block across all rows by w^2 / [H^-1]_jj^2, so per-row sparsity
 varies (SPEC §1); N:M masks are chosen per group of M columns just before the group is visited.
+
+Ties (unstructured), per 128-column block over all rows, k = int(rows * width * s): ``exact``
+prunes exactly k weights of the block; ``reference`` prunes every score <= the (k+1)-th smallest
+of the block (the reference ``fasterprune``: ``thresh = sort(tmp.flatten())[k]; tmp <= thresh``).
+Inputs that never fired (zero Hessian diagonal) have their weights zeroed before the masks are
+chosen, so a block with many of them ends above the target sparsity.
 """
 
 from __future__ import annotations
@@ -13,21 +19,24 @@ from __future__ import annotations
 import torch
 
 from featgeo.pruning.base import Pruner, register_pruner
-from featgeo.pruning.masks import _smallest, matrix_mask
+from featgeo.pruning.masks import Ties, _smallest, matrix_mask
 
 
 @register_pruner
 class SparseGPTPruner(Pruner):
     name = "sparsegpt"
+    zeroes_dead_inputs = True
+    ties_apply = True
 
     def __init__(
         self,
         sparsity: float = 0.5,
         nm: tuple[int, int] | None = None,
+        ties: Ties = "exact",
         blocksize: int = 128,
         percdamp: float = 0.01,
     ):
-        super().__init__(sparsity, nm)
+        super().__init__(sparsity, nm, ties)
         self.blocksize = blocksize
         self.percdamp = percdamp
 
@@ -45,6 +54,12 @@ class SparseGPTPruner(Pruner):
     def _statistics_finite(self) -> bool:
         # H_jj = (2/n) sum x_j^2: NaN or inf in any input column shows up on the diagonal.
         return bool(torch.isfinite(self.hessian_.diagonal()).all())
+
+    @property
+    def dead_inputs_(self) -> torch.Tensor:
+        """Boolean [in_features]: inputs that were 0 on every calibration token (H_jj == 0)."""
+        self._check_fitted()
+        return torch.diag(self.hessian_) == 0
 
     def _inverse_hessian_factor(self, weight: torch.Tensor) -> torch.Tensor:
         """Upper Cholesky factor of (H + damp I)^-1, zeroing ``weight``'s dead input columns."""
@@ -83,7 +98,7 @@ class SparseGPTPruner(Pruner):
         h_diag = torch.diag(h_block)
         errors = torch.zeros_like(w_block)
         if self.nm is None:
-            mask = matrix_mask(w_block.pow(2) / h_diag.pow(2), self.sparsity)
+            mask = matrix_mask(w_block.pow(2) / h_diag.pow(2), self.sparsity, self.ties)
         else:
             n, m = self.nm
             mask = torch.zeros_like(w_block, dtype=torch.bool)

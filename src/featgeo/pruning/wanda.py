@@ -3,6 +3,12 @@
 score_ij = |W_ij| * ||X_j||, with ||X_j|| = sqrt(mean over calibration tokens of x_j^2) (SPEC §1).
 Unstructured: every output row keeps its top (1 - s) fraction (the paper's per-output comparison
 group, §3). No weight update.
+
+Ties: under both ``exact`` and ``reference`` each row loses exactly int(in * s) weights, ties
+going to the lower column, because that is the reference's rule too (locuslab/wanda
+``prune_wanda``: the first int(in * s) indices of a stable ascending sort per row). The
+reference scales the statistic by the number of sequences instead of tokens, a constant
+factor that leaves every row's order unchanged.
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ class WandaPruner(ScorePruner):
         """sqrt(mean x_j^2) per input column j: [in_features]."""
         self._check_fitted()
         return (self.input_sq_sum_ / self.n_tokens_).sqrt().float()
+
+    @property
+    def dead_inputs_(self) -> torch.Tensor:
+        """Boolean [in_features]: inputs that were 0 on every calibration token."""
+        self._check_fitted()
+        return self.input_sq_sum_ == 0
 
     def _scores(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.abs() * self.input_norm_.to(weight.device).unsqueeze(0)

@@ -8,6 +8,10 @@ viable), and writes ``{out}/report.md`` (figures beside it) and a self-contained
 ``{out}/report.html`` (inline CSS, figures as base64 data URIs). Multi-seed trees
 (``metrics_summary.json`` of ``featgeo hamming seeds``) and sections from other tools
 (:class:`ReportSection`) are added when given.
+
+An undefined metric (a separation ratio whose within-cluster distance is 0, written as null
+with a reason by ``featgeo hamming``; or a non-finite number in an older JSON) is shown as
+"undefined (reason)", never as a number or a band, and the insights leave it out.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class MatrixRow:
     block_size: int | None
     """Features per MMM block of the run (``config.block_size``)."""
     metrics: dict[str, MeanStd]
+    undefined: dict[str, str] = field(default_factory=dict)
+    """{metric: why some or all executions have no value}, e.g. "3 of 3 executions: ..."."""
 
     def mean(self, metric: str) -> float | None:
         value = self.metrics.get(metric, (None, None))[0]
@@ -106,22 +112,25 @@ def load_results(results_dir: str | os.PathLike) -> list[MatrixRow]:
             f"--results-dir '{folder}' does not exist; write results there first with "
             f"`featgeo hamming multi MATRIX --output-json {folder}/NAME.json`"
         )
-    rows = []
+    rows, skipped = [], []
     for path in sorted(folder.glob("*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            log.warning("skipping %s: not readable JSON (%s)", path, exc)
+            skipped.append(f"{path.name}: not readable JSON ({exc})")
             continue
         if not _is_multi_result(data):
-            log.warning("skipping %s: not a `featgeo hamming multi` result", path)
+            skipped.append(f"{path.name}: not a `featgeo hamming multi` result")
             continue
         rows.append(_row(path.name, data))
-    if not rows:
+    if not rows:  # one error that names what was skipped, not warnings and then an error
+        seen = f" (skipped {len(skipped)} JSON file(s), e.g. {skipped[0]})" if skipped else ""
         raise ValueError(
-            f"--results-dir '{folder}' holds no `featgeo hamming multi` JSON results; run "
-            f"`featgeo hamming multi MATRIX --output-json {folder}/NAME.json` first"
+            f"--results-dir '{folder}' holds no `featgeo hamming multi` JSON results{seen}; "
+            f"run `featgeo hamming multi MATRIX --output-json {folder}/NAME.json` first"
         )
+    for reason in skipped:
+        log.warning("skipping %s/%s", folder, reason)
     return _unique_labels(rows)
 
 
@@ -139,11 +148,15 @@ def _row(source: str, data: dict) -> MatrixRow:
     method = matrix.get("method") or "unknown"
     component = matrix.get("component") or matrix.get("name") or Path(source).stem
     layer = matrix.get("layer")
-    metrics = {}
+    metrics, undefined = {}, {}
+    n_executions = len(data["executions"])
     for metric in KEY_METRICS:
         entry = data["aggregate"].get(metric)
         if isinstance(entry, dict):
             metrics[metric] = (_number(entry.get("mean")), _number(entry.get("std")))
+            note = _undefined_note(entry, n_executions)
+            if note:
+                undefined[metric] = note
     where = f" L{layer}" if layer is not None else ""
     return MatrixRow(
         label=f"{method}{where} {component}",
@@ -156,11 +169,28 @@ def _row(source: str, data: dict) -> MatrixRow:
         n_executions=len(data["executions"]),
         block_size=(data.get("config") or {}).get("block_size"),
         metrics=metrics,
+        undefined=undefined,
     )
 
 
+def _undefined_note(entry: dict, n_executions: int, unit: str = "executions") -> str | None:
+    """Why an aggregated metric lacks some or all values: "2 of 3 executions: reason"."""
+    count = entry.get("n_undefined", entry.get("n_infinite")) or 0
+    mean = entry.get("mean")
+    if not count and (mean is None or _number(mean) is not None):
+        return None
+    reasons = entry.get("undefined_reasons") or {}
+    why = "; ".join(reasons) if isinstance(reasons, dict) and reasons else None
+    if why is None:
+        why = "not a finite number in the results JSON (written by an older featgeo)"
+    return f"{count or n_executions} of {n_executions} {unit}: {why}"
+
+
 def _number(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A finite float, or None (missing, not a number, NaN or infinite)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def _unique_labels(rows: list[MatrixRow]) -> list[MatrixRow]:
@@ -253,6 +283,12 @@ def method_insight(rows: Sequence[MatrixRow]) -> str:
     """Which pruning method leaves masks that cluster better."""
     ranked = _ranked(_group_means(rows, lambda r: r.method, PRIMARY))
     if len(ranked) < 2:
+        if len({r.method for r in rows}) > len(ranked):  # the others have undefined ratios
+            have = f"only {ranked[0][0]} matrices have" if ranked else "no matrix has"
+            return (
+                f"**Pruning methods.** Nothing to compare: {have} a defined centroid separation "
+                "ratio (see the undefined ratios below)."
+            )
         only = ranked[0][0] if ranked else "one method"
         return f"**Pruning methods.** Only {only} matrices were analysed; nothing to compare."
     text = _compare(rows, lambda r: r.method, {}, "masks")
@@ -289,9 +325,33 @@ def mmm_insight(rows: Sequence[MatrixRow]) -> str:
     )
 
 
+def undefined_insight(rows: Sequence[MatrixRow]) -> str | None:
+    """Which matrices were left out of the ratio comparisons because a ratio is undefined."""
+    parts = []
+    for metric in (PRIMARY, SECONDARY):
+        left_out = [r.label for r in rows if r.mean(metric) is None]
+        if left_out:
+            reasons = sorted({r.undefined[metric] for r in rows if metric in r.undefined})
+            why = f" ({'; '.join(reasons)})" if reasons else ""
+            parts.append(
+                f"the {metric.replace('_', ' ')} is undefined for {', '.join(left_out)}{why}"
+            )
+    if not parts:
+        return None
+    return (
+        "**Undefined ratios.** "
+        + "; ".join(parts)
+        + ". Those matrices are left out of the comparisons above: a ratio of ~0 / ~0 says "
+        "nothing about separation."
+    )
+
+
 def insights(rows: Sequence[MatrixRow]) -> list[str]:
-    """The written insights (markdown sentences), computed from the table."""
-    return [projection_insight(rows), method_insight(rows), mmm_insight(rows)]
+    """The written insights (markdown sentences), computed from the table; undefined ratios
+    are skipped by every comparison and listed in a last sentence."""
+    found = [projection_insight(rows), method_insight(rows), mmm_insight(rows)]
+    undefined = undefined_insight(rows)
+    return found + ([undefined] if undefined else [])
 
 
 # ----------------------------------------------------------------------------- tables
@@ -322,7 +382,12 @@ def table_cells(rows: Sequence[MatrixRow]) -> tuple[list[str], list[list[str]]]:
         ]
         for metric in KEY_METRICS:
             mean, std = row.metrics.get(metric, (None, None))
-            cells.append("n/a" if mean is None else f"{_fmt(mean)} ± {_fmt(std)}")
+            note = row.undefined.get(metric)
+            if mean is None:
+                cells.append(f"undefined ({note})" if note else "n/a")
+            else:
+                cell = f"{_fmt(mean)} ± {_fmt(std)}"
+                cells.append(f"{cell} ({note.split(':', 1)[0]} undefined)" if note else cell)
         body.append(cells)
     return header, body
 
@@ -411,7 +476,9 @@ def _matrices_part(doc: _Document, rows: list[MatrixRow], notes: list[str]) -> l
     doc.paragraph(
         "One row per matrix; metrics are mean ± std (population) over the executions of "
         "`featgeo hamming multi`. Centroid separation ratio bands: > 2 excellent, > 1 good, "
-        "> 0.5 moderate, else poor."
+        "> 0.5 moderate, else poor. A ratio is undefined (no number, no band) when the "
+        "within-cluster distance is 0 or fewer than two clusters exist; undefined executions are "
+        "left out of the mean."
     )
     doc.table(*table_cells(rows))
     if notes:
@@ -467,7 +534,13 @@ def _seeds_part(doc: _Document, seeds_dir: Path) -> int:
             cells = [str(k)]
             for metric in header[1:]:
                 entry = agg.get(metric, {})
-                cells.append(f"{_fmt(entry.get('mean'))} ± {_fmt(entry.get('std'))}")
+                mean, std = _number(entry.get("mean")), _number(entry.get("std"))
+                note = _undefined_note(entry, int(config.get("seeds") or 0), "seeds")
+                if mean is None:
+                    cells.append(f"undefined ({note})" if note else "n/a")
+                else:
+                    cell = f"{_fmt(mean)} ± {_fmt(std)}"
+                    cells.append(f"{cell} ({note.split(':', 1)[0]} undefined)" if note else cell)
             body.append(cells)
         doc.table(header, body)
         per_k = per_k_records(summary)
@@ -531,6 +604,12 @@ def build_report(
     rows = load_results(results_dir)
     if seeds_dir is not None and not Path(seeds_dir).is_dir():
         raise FileNotFoundError(f"--seeds-dir '{seeds_dir}' does not exist")
+    if seeds_dir is not None and not find_seed_summaries(seeds_dir):
+        raise FileNotFoundError(
+            f"--seeds-dir '{seeds_dir}' holds no finished multi-seed run "
+            "(no summary/metrics_summary.json); run `featgeo hamming seeds --output-dir DIR` "
+            "first, or leave --seeds-dir out"
+        )
     out = Path(out)
     _check_out(out)
     title = "featgeo comparative report: sparsity-pattern clustering"

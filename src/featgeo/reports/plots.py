@@ -108,10 +108,11 @@ def cluster_statistics_plot(
     """Cluster sizes and per-cluster cohesion.
 
     labels: [n] cluster ids; within_per_cluster: [k] mean normalized Hamming over the pairs
-    inside each cluster (0 for a singleton; lower = tighter). ``mean_between`` draws the mean
-    between-cluster distance for reference; ``summary`` is printed as a small text box.
+    inside each cluster (0 for a singleton, None for an empty cluster; lower = tighter).
+    ``mean_between`` draws the mean between-cluster distance for reference; ``summary`` is
+    printed as a small text box (None values print as "undefined").
     """
-    within = np.asarray(within_per_cluster, dtype=np.float64)
+    within = _floats(within_per_cluster)
     k = within.size
     labels = _check_labels(labels, np.asarray(labels).size)
     sizes = np.bincount(labels, minlength=k)
@@ -237,7 +238,9 @@ def distance_heatmap(
     distances = np.asarray(distances, dtype=np.float64)
     n = distances.shape[0]
     labels = _check_labels(labels, n)
-    between = np.asarray(between_matrix, dtype=np.float64)
+    between = np.array([_floats(row) for row in between_matrix]).reshape(
+        len(between_matrix), len(between_matrix)
+    )  # [k, k], nan for empty clusters
     k = between.shape[0]
     order = cluster_order(labels)
 
@@ -266,14 +269,15 @@ def distance_heatmap(
         for i in range(k):
             for j in range(k):
                 single = i == j and singleton[i]
+                empty = not np.isfinite(between[i, j]) and not single
                 block_ax.text(
                     j,
                     i,
-                    "n=1" if single else f"{between[i, j]:.2f}",
+                    "n=1" if single else "empty" if empty else f"{between[i, j]:.2f}",
                     ha="center",
                     va="center",
                     fontsize=7 if k > 8 else 9,
-                    color="black" if single or between[i, j] > threshold else "white",
+                    color="black" if single or empty or between[i, j] > threshold else "white",
                 )
     block_ax.set_title("within (diagonal) / between clusters")
     block_ax.set_xlabel("cluster")
@@ -285,6 +289,11 @@ def distance_heatmap(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _floats(values: Sequence[float | None]) -> np.ndarray:
+    """[n] float64 with None (an undefined value) as nan."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _finite(values: Sequence[float | None]) -> np.ndarray:
@@ -380,10 +389,22 @@ def _bars(
     x = np.arange(len(names))
     width = 0.8 / max(1, len(series))
     for i, (label, values, color) in enumerate(series):
-        means = np.array([v[0] for v in values], dtype=np.float64)
-        stds = np.nan_to_num(np.array([v[1] for v in values], dtype=np.float64))
+        means = _floats([v[0] for v in values])
+        stds = np.nan_to_num(_floats([v[1] for v in values]), nan=0.0, posinf=0.0, neginf=0.0)
         offset = (i - (len(series) - 1) / 2) * width
-        ax.bar(x + offset, means, width, yerr=stds, capsize=3, color=color, label=label)
+        undefined = ~np.isfinite(means)  # an undefined mean gets no bar, only a mark
+        heights = np.where(undefined, 0.0, means)
+        ax.bar(
+            x + offset,
+            heights,
+            width,
+            yerr=np.where(undefined, 0.0, stds),
+            capsize=3,
+            color=color,
+            label=label,
+        )
+        for pos in (x + offset)[undefined]:
+            ax.text(pos, 0, "undefined", rotation=90, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
 
@@ -429,6 +450,8 @@ def block_coherence_bars(
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "undefined"
     if isinstance(value, float):
         return f"{value:.3f}" if np.isfinite(value) else str(value)
     return str(value)

@@ -3,15 +3,19 @@
 Collecting activations is the slow part of SAE training on a CPU (the model runs ~1,800 tokens/s
 up to layer 6 of the embedded model on 2 cores; the SAE trains faster than that), and a run of
 several epochs, a second SAE size or a benchmark against another trainer all read the same
-activations. So they are collected once per (model, corpus, split, layer, context size, token
-budget) into ``cache_dir()/activations/{key}``::
+activations. So they are collected once per (model, corpus, split, layer, hook kind, context
+size, token budget) into ``cache_dir()/activations/{key}``::
 
-    header.json      model, layer, split, corpus_fingerprint, context_size, max_tokens,
-                     n_tokens, d_model, complete
-    acts.npy         float32 [n_tokens, d_model]   (memory-mapped when read)
+    header.json      model, layer, hook (resid_pre | resid_post), split, corpus_fingerprint,
+                     context_size, max_tokens, n_tokens, d_model, complete
+    acts.npy         float32 [n_tokens, d_model]   (memory-mapped when read; a bfloat16 /
+                     float16 model's activations are stored as float32)
     token_ids.npy, doc_index.npy, chunk_index.npy, position.npy   int32 [n_tokens]
 
-The build is resumable (see :mod:`featgeo.sae.sharded`). :func:`shuffled_batches` reads the
+The build is resumable (see :mod:`featgeo.sae.sharded`). Collection is deterministic and a
+budget cuts it exactly, so the first n rows of a bigger collection *are* the collection of n
+tokens: :func:`find_activation_cache` reuses a finished cache whose budget covers the one asked
+for (a smaller one never stands in for a bigger request). :func:`shuffled_batches` reads the
 cache in seeded random order, epoch after epoch.
 """
 
@@ -27,11 +31,15 @@ import numpy as np
 import torch
 
 from featgeo.cache import cache_dir
+from featgeo.files import read_json
 from featgeo.sae.sharded import (
     FORMAT_VERSION,
+    HEADER,
     TOKEN_ARRAYS,
     ShardedArrays,
     build_sharded,
+    is_complete,
+    same_header,
     token_columns,
 )
 
@@ -61,6 +69,39 @@ def activation_cache_key(header: dict[str, Any]) -> str:
 def default_cache_dir(header: dict[str, Any]) -> Path:
     """``cache_dir()/activations/{activation_cache_key(header)}``."""
     return cache_dir() / "activations" / activation_cache_key(header)
+
+
+def find_activation_cache(header: dict[str, Any]) -> ActivationCache | None:
+    """A finished cache that holds the collection ``header`` asks for, or ``None``.
+
+    That is the cache of ``header`` itself, else the finished cache with the smallest budget
+    among those whose header equals ``header`` except ``max_tokens`` and whose ``max_tokens``
+    covers it (``None`` = the whole split, or a number >= ``header["max_tokens"]``). Use its
+    first ``min(header["max_tokens"], n_tokens)`` rows: they are exactly what collecting with
+    ``header`` would store.
+    """
+    exact = default_cache_dir(header)
+    if is_complete(exact, header):
+        return ActivationCache.open(exact)
+    wanted = header.get("max_tokens")
+    rest = {k: v for k, v in header.items() if k != "max_tokens"}
+    best: tuple[float, ActivationCache] | None = None
+    root = cache_dir() / "activations"
+    for path in sorted(root.glob(f"*/{HEADER}")) if root.is_dir() else ():
+        if path.parent.name.startswith("."):  # an unfinished build (files.partial_dir)
+            continue
+        try:
+            stored = read_json(path)
+        except (OSError, ValueError):  # a folder being written or a damaged one: not a match
+            continue
+        budget = stored.get("max_tokens")
+        covers = budget is None or (wanted is not None and budget >= wanted)
+        if not (covers and stored.get("complete") is True and same_header(stored, rest)):
+            continue
+        size = float("inf") if budget is None else budget
+        if best is None or size < best[0]:
+            best = (size, ActivationCache.open(path.parent))
+    return None if best is None else best[1]
 
 
 def _acts_piece(batch, info: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -124,5 +165,6 @@ __all__ = [
     "activation_cache_key",
     "build_activation_cache",
     "default_cache_dir",
+    "find_activation_cache",
     "shuffled_batches",
 ]

@@ -6,9 +6,11 @@ chunk is dropped from the output, as the SPEC asks, because the first position o
 as an attention sink with atypically large norm whether or not it is a BOS token. Chunks shorter
 than 2 tokens therefore carry nothing and are skipped.
 
-The forward pass stops right after block ``layer`` (a forward hook stores the block's output and
-raises), so later blocks and the LM head never run: on the embedded model at layer 6 that is
-about 7x faster than a full forward pass (SPEC §0).
+The activations are the residual stream at a :class:`~featgeo.sae.hooks.HookPoint`: the output
+of block ``layer`` (``hook="resid_post"``, the default) or its input (``hook="resid_pre"``, the
+output of block ``layer - 1``, the embeddings for layer 0). The forward pass stops right there (a
+hook stores the tensor and raises), so later blocks and the LM head never run: on the embedded
+model at layer 6 that is about 7x faster than a full forward pass (SPEC §0).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from featgeo.errors import InputError
 from featgeo.models.components import decoder_layers
+from featgeo.sae.hooks import HookKind, HookPoint, check_hook_kind, residual_hook
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,8 @@ class ActivationBatch:
     """
 
     acts: torch.Tensor
-    """[n_tokens, d_model] residual stream after block ``layer`` (on the model's device)."""
+    """[n_tokens, d_model] residual stream at the hook point (on the model's device, in the
+    model's dtype: float32 for models from :func:`featgeo.models.load_model`)."""
     token_ids: np.ndarray
     """[n_tokens] int32."""
     doc_index: np.ndarray
@@ -105,7 +109,7 @@ def document_chunks(corpus, split: str, tokenizer, context_size: int) -> Iterato
     The split is read (and an empty split reported) at call time; tokenizing is lazy.
     """
     context_size = _check_int("--context-size", context_size, 2)
-    docs = corpus.split(split)
+    docs = corpus.split(split, option="--split")
     return _chunks(docs, tokenizer, context_size)
 
 
@@ -125,34 +129,38 @@ def residual_activations(
     input_ids: torch.Tensor,
     layer: int,
     attention_mask: torch.Tensor | None = None,
+    *,
+    hook: HookKind = "resid_post",
 ) -> torch.Tensor:
-    """The residual stream after block ``layer``: [b, s] ids -> [b, s, d_model].
+    """The residual stream at block ``layer``: [b, s] ids -> [b, s, d_model].
 
-    Equals ``hidden_states[layer + 1]`` of a full forward pass with ``output_hidden_states``
-    (for the last block, before the final norm), but only blocks ``0..layer`` run.
+    ``hook="resid_post"``: the output of block ``layer``, ``hidden_states[layer + 1]`` of a full
+    forward pass with ``output_hidden_states`` (except for the last block, whose entry there has
+    the final norm applied); blocks ``0..layer`` run. ``hook="resid_pre"``: the input of block
+    ``layer`` (= output of block ``layer - 1``; the embeddings for 0), ``hidden_states[layer]``;
+    blocks ``0..layer-1`` run.
     """
     layer = check_layer(model, layer)
+    point = HookPoint(check_hook_kind(hook), layer)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be 2-D [batch, seq], got shape {tuple(input_ids.shape)}")
     captured: dict[str, torch.Tensor] = {}
 
-    def grab(_module, _args, output):
-        captured["hidden"] = output[0] if isinstance(output, tuple) else output
+    def grab(hidden: torch.Tensor):
+        captured["hidden"] = hidden
         raise _StopForward
 
     device = next(model.parameters()).device
-    handle = decoder_layers(model)[layer].register_forward_hook(grab)
     try:
-        model(
-            input_ids=input_ids.to(device),
-            attention_mask=None if attention_mask is None else attention_mask.to(device),
-            use_cache=False,
-        )
+        with residual_hook(model, point, grab):
+            model(
+                input_ids=input_ids.to(device),
+                attention_mask=None if attention_mask is None else attention_mask.to(device),
+                use_cache=False,
+            )
     except _StopForward:
         pass
-    finally:
-        handle.remove()
-    assert "hidden" in captured, f"decoder block {layer} never ran"
+    assert "hidden" in captured, f"{point.name} was never reached"
     return captured["hidden"]
 
 
@@ -168,8 +176,12 @@ def iter_activation_batches(
     max_tokens: int | None = None,
     device: str | torch.device | None = None,
     skip_batches: int = 0,
+    hook: HookKind = "resid_post",
 ) -> Iterator[ActivationBatch]:
     """Stream :class:`ActivationBatch` es over a corpus split, in a deterministic order.
+
+    ``hook`` picks the output (``resid_post``) or the input (``resid_pre``) of block ``layer``
+    (see :func:`residual_activations`).
 
     Chunks (see :func:`document_chunks`) are taken ``batch_size`` at a time in document order;
     shorter chunks are right-padded and masked, and padded positions are never emitted. With
@@ -179,6 +191,7 @@ def iter_activation_batches(
     batches without running the model on them (a resumed build continues where it stopped).
     """
     layer = check_layer(model, layer)
+    hook = check_hook_kind(hook)
     batch_size = _check_int("--batch-size", batch_size, 1)
     if max_tokens is not None:
         max_tokens = _check_int("--max-tokens", max_tokens, 1)
@@ -191,7 +204,8 @@ def iter_activation_batches(
         )
     skip_batches = _check_int("skip_batches", skip_batches, 0)
     chunks = document_chunks(corpus, split, tokenizer, context_size)
-    return _batches(model, chunks, layer, batch_size, max_tokens, split, skip_batches)
+    point = HookPoint(hook, layer)
+    return _batches(model, chunks, point, batch_size, max_tokens, split, skip_batches)
 
 
 def resumable_batches(
@@ -212,7 +226,7 @@ def resumable_batches(
 def _batches(
     model: nn.Module,
     chunks: Iterator[Chunk],
-    layer: int,
+    point: HookPoint,
     batch_size: int,
     max_tokens: int | None,
     split: str,
@@ -236,7 +250,7 @@ def _batches(
             if full:
                 return
             continue
-        batch, emitted, done = _cut(_run_batch(model, pending, layer), emitted, max_tokens)
+        batch, emitted, done = _cut(_run_batch(model, pending, point), emitted, max_tokens)
         pending, pending_tokens = [], 0
         yield batch
         if done:
@@ -246,7 +260,7 @@ def _batches(
         if n_batches <= skip_batches:
             emitted += pending_tokens
         else:
-            batch, emitted, _ = _cut(_run_batch(model, pending, layer), emitted, max_tokens)
+            batch, emitted, _ = _cut(_run_batch(model, pending, point), emitted, max_tokens)
             yield batch
     if emitted == 0:
         raise InputError(f"split {split!r} has no document of 2 or more tokens; nothing to collect")
@@ -278,10 +292,12 @@ def pad_chunks(chunks: list[Chunk]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, valid
 
 
-def _run_batch(model: nn.Module, chunks: list[Chunk], layer: int) -> ActivationBatch:
+def _run_batch(model: nn.Module, chunks: list[Chunk], point: HookPoint) -> ActivationBatch:
     ids, valid = pad_chunks(chunks)
     mask = None if bool(valid.all()) else valid.long()
-    hidden = residual_activations(model, ids, layer, attention_mask=mask)  # [b, seq, d]
+    hidden = residual_activations(  # [b, seq, d]
+        model, ids, point.layer, attention_mask=mask, hook=point.kind
+    )
     # Drop position 0 (attention sink) and padding; keep row-major order (chunk, position).
     keep = valid.clone()
     keep[:, 0] = False

@@ -14,6 +14,7 @@ per-latent ``threshold``).
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -171,6 +172,18 @@ class SparseAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction [..., d_in] of activations ``x`` [..., d_in]."""
         return self.decode(self.encode(x))
+
+    def for_compute(self, device: str | torch.device = "cpu") -> SparseAutoencoder:
+        """This SAE with float32 parameters on ``device``: ``self`` when it already is, else a
+        copy (``cfg.dtype`` still names the stored dtype). featgeo encodes in float32 whatever
+        the SAE is stored in: half-precision pre-activations lose the small differences that
+        TopK and JumpReLU thresholds compare, and CPUs have no fast bfloat16 matmul."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if all(p.dtype == torch.float32 and p.device == device for p in self.parameters()):
+            return self
+        return copy.deepcopy(self).to(device=device, dtype=torch.float32)
 
     @torch.no_grad()
     def normalize_decoder_(self, eps: float = 1e-12) -> SparseAutoencoder:

@@ -13,10 +13,18 @@ Methods (registry :data:`CLUSTER_METHODS`):
   each cluster is a low-dimensional linear subspace through the origin (so ``x`` and ``-x`` fall
   in the same cluster).
 - ``spectral``: spectral clustering on a cosine or activation co-occurrence affinity.
+
+Degenerate input (issue 9, case 06): when the live rows hold fewer *distinct* directions than
+``n_clusters`` (duplicate latents; for ``k-subspaces``, rows left after merging near-duplicates),
+the method runs with k = that number, emits :class:`ClusterCountWarning` and records it:
+``n_clusters_`` is the number of clusters that exist (labels are ``0 .. n_clusters_ - 1``,
+none empty), ``n_distinct_`` the number of distinct directions. Asking for more clusters than
+there are live latents at all stays an error.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -24,6 +32,8 @@ import torch
 from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.exceptions import NotFittedError
 from threadpoolctl import threadpool_limits
+
+from featgeo.sparsity.metrics import ClusterCountWarning, distinct_count
 
 DUPLICATE_COS = 0.995
 """Rows whose |cos| with an earlier kept row exceeds this are near-duplicates (SPEC §3)."""
@@ -129,8 +139,10 @@ def get_cluster_method(name: str) -> type[LatentClusterer]:
 class LatentClusterer:
     """Base class. Subclasses set ``name`` and implement ``_cluster``.
 
-    Learned attributes after ``fit``: ``labels_`` [d_sae] int64 (``-1`` for dead latents),
-    ``live_`` [d_sae] bool, ``n_live_`` int.
+    Learned attributes after ``fit``: ``labels_`` [d_sae] int64 (``-1`` for dead latents,
+    else ``0 .. n_clusters_ - 1``), ``live_`` [d_sae] bool, ``n_live_`` int, ``n_clusters_`` int
+    (clusters that exist: ``n_clusters`` unless there were fewer distinct directions),
+    ``n_distinct_`` int (distinct live directions, as the method counts them).
     """
 
     name: ClassVar[str]
@@ -160,23 +172,38 @@ class LatentClusterer:
         x = _check_directions(directions, live_mask)
         self._check_params(x.shape[0])
         extra = self._check_extra(cooccurrence, live_mask)
+        n_distinct, what = self._distinct(x, extra)
+        k = min(self.n_clusters, n_distinct)
+        if k < self.n_clusters:
+            warnings.warn(
+                f"n_clusters {self.n_clusters} is more than the {n_distinct} {what} among the "
+                f"{x.shape[0]} live latents; clustering with n_clusters={k} "
+                f"(recorded in n_clusters_)",
+                ClusterCountWarning,
+                stacklevel=2,
+            )
+        raw = self._cluster(x, extra, k)
+        # Renumber the clusters that exist as 0 .. m-1, so no label names an empty cluster.
+        present, compact = np.unique(raw, return_inverse=True)
         labels = np.full(d_sae, -1, dtype=np.int64)
-        labels[live_mask] = self._cluster(x, extra)
+        labels[live_mask] = compact.reshape(-1)
         self.labels_ = labels
         self.live_ = live_mask
         self.n_live_ = int(live_mask.sum())
+        self.n_clusters_ = int(present.size)
+        self.n_distinct_ = int(n_distinct)
         return self
 
     def fit_predict(self, directions: ArrayLike, **kwargs: Any) -> np.ndarray:
         return self.fit(directions, **kwargs).labels_
 
     def clusters(self) -> list[np.ndarray]:
-        """Latent indices of each cluster, ordered by label (empty clusters included)."""
+        """Latent indices of each cluster that exists (``n_clusters_`` of them), by label."""
         if not hasattr(self, "labels_"):
             raise NotFittedError(
                 f"this {type(self).__name__} is not fitted yet; call fit(W_dec) first"
             )
-        return [np.flatnonzero(self.labels_ == c) for c in range(self.n_clusters)]
+        return [np.flatnonzero(self.labels_ == c) for c in range(self.n_clusters_)]
 
     def _check_params(self, n_live: int) -> None:
         k = self.n_clusters
@@ -196,7 +223,12 @@ class LatentClusterer:
             )
         return None
 
-    def _cluster(self, x: np.ndarray, extra: Any) -> np.ndarray:  # x: [n_live, d_in] unit rows
+    def _distinct(self, x: np.ndarray, extra: Any) -> tuple[int, str]:
+        """(number of distinct points among the unit rows x, what they are called)."""
+        return distinct_count(x), "distinct decoder directions"
+
+    def _cluster(self, x: np.ndarray, extra: Any, k: int) -> np.ndarray:
+        """Labels [n_live] in [0, k) of the unit rows x [n_live, d_in]; k <= distinct rows."""
         raise NotImplementedError
 
 
@@ -215,8 +247,8 @@ class KMeansClusterer(LatentClusterer):
 
     name = "kmeans"
 
-    def _cluster(self, x: np.ndarray, extra: Any) -> np.ndarray:
-        return _kmeans_labels(x, self.n_clusters, self.random_state, n_init=10)
+    def _cluster(self, x: np.ndarray, extra: Any, k: int) -> np.ndarray:
+        return _kmeans_labels(x, k, self.random_state, n_init=10)
 
 
 # -- k-subspaces ----------------------------------------------------------------------------
@@ -356,14 +388,14 @@ class KSubspacesClusterer(LatentClusterer):
         if not 0 < self.duplicate_cos <= 1:
             raise ValueError(f"duplicate_cos must be in (0, 1], got {self.duplicate_cos!r}")
 
-    def _cluster(self, x: np.ndarray, extra: Any) -> np.ndarray:
+    def _distinct(self, x: np.ndarray, extra: Any) -> tuple[int, str]:
+        rep = deduplicate_rows(x, self.duplicate_cos)
+        kept = int((rep == np.arange(x.shape[0])).sum())
+        return kept, f"directions left after merging near-duplicates (|cos| > {self.duplicate_cos})"
+
+    def _cluster(self, x: np.ndarray, extra: Any, k: int) -> np.ndarray:
         rep = deduplicate_rows(x, self.duplicate_cos)
         kept = np.flatnonzero(rep == np.arange(x.shape[0]))
-        if kept.size < self.n_clusters:
-            raise ValueError(
-                f"n_clusters {self.n_clusters} is larger than the {kept.size} live latents left "
-                f"after merging near-duplicates (|cos| > {self.duplicate_cos}); lower n_clusters"
-            )
         xu = x[kept]  # [n_unique, d]
         seeds = np.random.SeedSequence(self.random_state).generate_state(self.n_restarts)
         best_labels, best_res = None, np.inf
@@ -371,10 +403,8 @@ class KSubspacesClusterer(LatentClusterer):
         # thread count keeps residual ties (hence labels) identical from run to run.
         with threadpool_limits(limits=1, user_api="blas"):
             for seed in seeds:
-                init = _kmeans_labels(xu, self.n_clusters, int(seed), n_init=1)
-                labels, res = k_subspaces(
-                    xu, init, self.n_clusters, self.subspace_dim, self.max_iter
-                )
+                init = _kmeans_labels(xu, k, int(seed), n_init=1)
+                labels, res = k_subspaces(xu, init, k, self.subspace_dim, self.max_iter)
                 if res < best_res:
                     best_labels, best_res = labels, res
         self.residual_ = best_res
@@ -424,10 +454,15 @@ class SpectralClusterer(LatentClusterer):
             )
         return None
 
-    def _cluster(self, x: np.ndarray, extra: Any) -> np.ndarray:
+    def _distinct(self, x: np.ndarray, extra: Any) -> tuple[int, str]:
+        if extra is not None:  # co-occurrence affinity: latents are told apart by their rows
+            return distinct_count(extra), "distinct co-occurrence rows"
+        return super()._distinct(x, extra)
+
+    def _cluster(self, x: np.ndarray, extra: Any, k: int) -> np.ndarray:
         aff = extra if extra is not None else np.clip(np.abs(x @ x.T), 0.0, 1.0)  # [n, n]
         sc = SpectralClustering(
-            n_clusters=self.n_clusters, affinity="precomputed", random_state=self.random_state
+            n_clusters=k, affinity="precomputed", random_state=self.random_state
         )
         with threadpool_limits(limits=1, user_api="openmp"):
             sc.fit(aff)

@@ -12,15 +12,21 @@ written whole or not at all)::
     cluster_assignments.csv   latent_id, cluster_id (-1 = dead latent)
     cluster_metrics.csv       n_clusters_total, cluster_id, n_latents, latent_indices,
                               decoder_dir_rank, cluster_recon_error, activation_pca_rank
-    clustering.json           method, parameters, SAE, store, live/dead counts, timings
+    clustering.json           method, parameters, SAE, store, live/dead counts, timings,
+                              n_clusters_requested and n_clusters (the clusters that exist)
+
+The folder is named after the *requested* n. When the live latents hold fewer distinct decoder
+directions than n (duplicate latents), the method runs with that many clusters instead, a warning
+is logged, and ``clustering.json`` records ``n_clusters_requested`` (n), ``n_clusters`` (what
+exists), ``n_distinct_directions`` and ``n_clusters_reduced``; ``n_clusters_total`` in the CSV is
+the number of clusters that exist (one CSV row each), never the request.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +35,11 @@ import numpy as np
 
 from featgeo.files import staging_dir, write_csv, write_json
 from featgeo.sae.architectures import SparseAutoencoder
-from featgeo.sae.cluster_methods import CLUSTER_METHODS, get_cluster_method
+from featgeo.sae.cluster_methods import CLUSTER_METHODS, get_cluster_method, make_clusterer
 from featgeo.sae.cluster_metrics import activation_pca_rank, cluster_table
-from featgeo.sae.clustering import cluster_latents
+from featgeo.sae.saelens_format import sae_fingerprint
 from featgeo.sae.store import ActivationStore
+from featgeo.sparsity.metrics import ClusterCountWarning
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +53,6 @@ METRIC_COLUMNS = [
     "cluster_recon_error",
     "activation_pca_rank",
 ]
-
-
-def sae_fingerprint(sae: SparseAutoencoder) -> str:
-    """sha256 hex[:16] of the SAE's config and weights: equal SAEs give equal stores."""
-    digest = hashlib.sha256(json.dumps(sae.cfg.to_saelens_cfg(), sort_keys=True).encode())
-    for name, param in sorted(sae.named_parameters()):
-        digest.update(name.encode())
-        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def build_sae_store(
@@ -72,7 +70,8 @@ def build_sae_store(
     progress: bool = True,
 ) -> ActivationStore:
     """Build (or reuse) the store of ``sae``'s codes on ``split``; the default folder is
-    ``cache_dir()/activation_stores/{key}``."""
+    ``cache_dir()/activation_stores/{key}``. The SAE reads where its hook name points
+    (:mod:`featgeo.sae.hooks`; ``layer`` replaces the block number) and encodes in float32."""
     import torch
 
     from featgeo.corpus import load_corpus
@@ -84,22 +83,31 @@ def build_sae_store(
         resolve_model,
     )
     from featgeo.sae.activations import check_layer, resumable_batches
-    from featgeo.sae.evaluate import sae_layer
+    from featgeo.sae.hooks import sae_hook_point
     from featgeo.sae.saelens_format import check_sae_matches_model
     from featgeo.sae.store import build_store, default_store_dir, store_key
 
-    layer = sae_layer(sae, layer)
+    point = sae_hook_point(sae, layer)
+    layer = point.layer
     torch_device = resolve_device(device)
     resolved = resolve_model(model)
     corpus_data = load_corpus(corpus)
-    corpus_data.split(split)  # an unknown split fails before the model loads
+    corpus_data.split(split, option="--split")  # an unknown split fails before the model loads
     model_fp, sae_fp = model_fingerprint(resolved.source), sae_fingerprint(sae)
     key = store_key(
-        model_fp, sae_fp, corpus_data.fingerprint, split, layer, context_size, max_tokens
+        model_fp,
+        sae_fp,
+        corpus_data.fingerprint,
+        split,
+        layer,
+        context_size,
+        max_tokens,
+        hook=point.kind,
     )
     header = {
         "model": model_fp,
         "layer": layer,
+        "hook": point.kind,
         "split": split,
         "corpus_fingerprint": corpus_data.fingerprint,
         "encoder_fingerprint": sae_fp,
@@ -111,7 +119,7 @@ def build_sae_store(
     lm = load_model(model, device=torch_device)
     check_layer(lm, layer)
     check_sae_matches_model(sae, lm.config.hidden_size)
-    sae = sae.to(device=torch_device, dtype=torch.float32)
+    sae = sae.for_compute(torch_device)  # float32 copy of a bfloat16 / float16 SAE
 
     batches = resumable_batches(
         lm,
@@ -122,6 +130,7 @@ def build_sae_store(
         context_size=context_size,
         batch_size=batch_size,
         max_tokens=max_tokens,
+        hook=point.kind,
     )
     with torch.no_grad():
         return build_store(folder, batches, sae.encode, header, progress=progress)
@@ -179,12 +188,18 @@ class ClusteringResult:
     """One n_clusters value of :func:`cluster_sae`."""
 
     n_clusters: int
+    """Clusters that exist (``n_clusters_requested`` unless there were fewer distinct
+    directions)."""
     folder: Path
     labels: np.ndarray
     """[d_sae] cluster per latent, -1 for dead latents."""
     metrics: list[dict[str, Any]]
     n_live: int
     seconds: float
+    n_clusters_requested: int = 0
+    """The n asked for (the folder is ``clusters_{n_clusters_requested}``)."""
+    n_distinct: int = 0
+    """Distinct live decoder directions, as the method counts them."""
 
 
 def cluster_sae(
@@ -198,7 +213,11 @@ def cluster_sae(
     sae_path: str = "",
     **params: Any,
 ) -> list[ClusteringResult]:
-    """Cluster the live latents of ``sae`` for every n in ``n_clusters`` and write the results."""
+    """Cluster the live latents of ``sae`` for every n in ``n_clusters`` and write the results.
+
+    n larger than the number of live latents is an error; n larger than the number of distinct
+    live decoder directions is reduced to it, logged and recorded (see the module docstring).
+    """
     get_cluster_method(method)
     n_clusters = parse_n_clusters(n_clusters)
     if store.d_sae != sae.cfg.d_sae:
@@ -218,12 +237,25 @@ def cluster_sae(
     results = []
     for n in n_clusters:
         start = time.perf_counter()
-        labels = cluster_latents(w_dec, method, n, live=live, random_state=seed, **params)
+        est = make_clusterer(method, n_clusters=n, random_state=seed, **params)
+        with warnings.catch_warnings():  # reported below, in the CLI's terms
+            warnings.simplefilter("ignore", ClusterCountWarning)
+            est.fit(w_dec, live=live)
+        labels, n_found = est.labels_, est.n_clusters_
+        if n_found < n:
+            log.warning(
+                "--n-clusters %d: the %d live latents hold only %d %s, so %s found %d clusters; "
+                "%s/clusters_%d records n_clusters_requested=%d, n_clusters=%d",
+                n, n_live, est.n_distinct_,
+                "distinct decoder directions" if method != "k-subspaces"
+                else "directions after merging near-duplicates",
+                method, n_found, out, n, n, n_found,
+            )  # fmt: skip
         table = cluster_table(labels, w_dec)
         pca = activation_pca_ranks(store, labels)
         metrics = [
             {
-                "n_clusters_total": n,
+                "n_clusters_total": n_found,
                 **row,
                 "latent_indices": " ".join(map(str, row["latent_indices"])),
                 "activation_pca_rank": pca[row["cluster_id"]],
@@ -234,7 +266,10 @@ def cluster_sae(
         folder = Path(out) / f"clusters_{n}"
         info = {
             "method": method,
-            "n_clusters": n,
+            "n_clusters_requested": n,
+            "n_clusters": n_found,
+            "n_clusters_reduced": n_found < n,
+            "n_distinct_directions": est.n_distinct_,
             "params": {"random_state": seed, **params},
             "sae": sae_path,
             "store": str(store.folder),
@@ -245,7 +280,9 @@ def cluster_sae(
             "seconds": seconds,
         }
         _write_clustering(folder, labels, metrics, info)
-        results.append(ClusteringResult(n, folder, labels, metrics, n_live, seconds))
+        results.append(
+            ClusteringResult(n_found, folder, labels, metrics, n_live, seconds, n, est.n_distinct_)
+        )
     return results
 
 

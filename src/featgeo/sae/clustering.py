@@ -78,7 +78,9 @@ def cluster_latents(
         **params: method settings (``subspace_dim``, ``n_restarts``, ``affinity``, ...).
 
     Returns:
-        labels [d_sae] int64 in ``[0, n_clusters)``, ``-1`` for dead latents.
+        labels [d_sae] int64 in ``[0, m)``, ``-1`` for dead latents; m = ``n_clusters``, or
+        fewer when the live rows hold fewer distinct directions (a ``ClusterCountWarning`` says
+        so; use :func:`make_clusterer` to read ``n_clusters_`` and ``n_distinct_``).
     """
     est = make_clusterer(method, n_clusters=n_clusters, random_state=random_state, **params)
     return est.fit(W_dec, live=live, cooccurrence=cooccurrence).labels_

@@ -9,11 +9,11 @@ featgeo reads and writes SAEs in the SAELens on-disk layout (SPEC §0 "SAEs"): `
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from featgeo.sae.architectures import get_architecture
+from featgeo.sae.hooks import layer_in_hook_name
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 """Parameter dtypes an SAE may be stored in (the ``dtype`` key of ``cfg.json``)."""
@@ -24,8 +24,6 @@ NORMALIZE_ACTIVATIONS = ("none",)
 SAELENS_FORMAT_VERSION = "6.0.0"
 """The SAELens cfg.json layout we write. SAELens >= 6 reads ``metadata`` only when it finds a
 ``sae_lens_version`` >= 6.0 there; without it the file is treated as the older flat layout."""
-
-_LAYER_IN_HOOK = re.compile(r"(?:^|\.)(?:blocks|layers|h)\.(\d+)\.")
 
 
 @dataclass
@@ -45,9 +43,10 @@ class SAEConfig:
     model_name: str = ""
     """Name or path of the model whose activations the SAE reads."""
     hook_name: str = ""
-    """Where the activations are read, e.g. ``blocks.3.hook_resid_post``."""
+    """Where the activations are read, e.g. ``blocks.3.hook_resid_post`` (output of block 3) or
+    ``blocks.3.hook_resid_pre`` (its input); see :mod:`featgeo.sae.hooks`."""
     layer: int | None = None
-    """Block index of ``hook_name``; parsed from it when not given."""
+    """Block number of ``hook_name`` (SAELens ``hook_layer``); parsed from it when not given."""
     apply_b_dec_to_input: bool = True
     """Subtract ``b_dec`` from the input before encoding (SAELens default)."""
     normalize_activations: str = "none"
@@ -67,15 +66,15 @@ class SAEConfig:
             if isinstance(self.k, bool) or not isinstance(self.k, int):
                 raise TypeError(f"k must be an int, got {type(self.k).__name__} {self.k!r}")
             if self.k < 1:
-                raise ValueError(f"--k must be >= 1, got {self.k}")
+                raise ValueError(f"k must be >= 1, got {self.k}")
             if self.k > self.d_sae:
                 raise ValueError(
-                    f"--k {self.k} is larger than --d-sae {self.d_sae}; choose k <= d_sae"
+                    f"k={self.k} is larger than d_sae={self.d_sae}; choose k <= d_sae"
                 )
         elif self.k is not None:
             raise ValueError(
                 f"k={self.k} is only used by architecture 'topk', got architecture "
-                f"'{self.architecture}'; drop k or use --architecture topk"
+                f"'{self.architecture}'; drop k or use architecture 'topk'"
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
@@ -85,9 +84,7 @@ class SAEConfig:
                 f"featgeo SAEs use 'none' (fold any input scaling into the weights first)"
             )
         if self.layer is None and self.hook_name:
-            match = _LAYER_IN_HOOK.search(self.hook_name)
-            if match:
-                self.layer = int(match.group(1))
+            self.layer = layer_in_hook_name(self.hook_name)
 
     # -- SAELens cfg.json ------------------------------------------------------------------
     def to_saelens_cfg(self, device: str = "cpu") -> dict[str, Any]:

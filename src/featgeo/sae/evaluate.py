@@ -8,8 +8,13 @@ Per token (position 0 of every chunk dropped, as in training):
 - ``dead_fraction``: latents that never fire on the evaluated tokens; ``dense_fraction``:
   latents firing on more than ``dense_threshold`` of them;
 - ``ce_clean`` / ``ce_sae`` / ``ce_zero``: next-token cross-entropy of the model as is, with the
-  SAE reconstruction spliced into the residual stream after block ``layer``, and with that
+  SAE reconstruction spliced into the residual stream where the SAE reads it, and with that
   residual stream zeroed; ``ce_recovered`` = (ce_zero - ce_sae) / (ce_zero - ce_clean).
+
+Where the SAE reads comes from its hook name (:mod:`featgeo.sae.hooks`): ``resid_post`` of block
+L is the output of block L, ``resid_pre`` of block L its input (the reconstruction then replaces
+the input of block L: the output of block L-1, or the embeddings for L = 0). The SAE runs in
+float32 whatever dtype it is stored in (bfloat16 / float16 SAEs are upcast, in a copy).
 
 **Decision**: splicing (and zeroing) covers positions 1.. of every chunk, the positions the SAE
 was trained on; the cross-entropy is averaged over the predictions made at those positions
@@ -19,15 +24,13 @@ was trained on; the cross-entropy is averaged over the predictions made at those
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featgeo.models.components import decoder_layers
 from featgeo.progress import progress_bar
 from featgeo.sae.activations import (
     Chunk,
@@ -37,6 +40,7 @@ from featgeo.sae.activations import (
     pad_chunks,
 )
 from featgeo.sae.architectures import SparseAutoencoder
+from featgeo.sae.hooks import HookPoint, residual_hook, sae_hook_point
 from featgeo.sae.saelens_format import check_sae_matches_model
 
 
@@ -45,6 +49,8 @@ class SAEEvaluation:
     """The numbers :func:`evaluate_sae` reports (see the module docstring)."""
 
     layer: int
+    hook: str
+    """The hook point evaluated, e.g. ``blocks.1.hook_resid_pre``."""
     split: str
     n_tokens: int
     fve: float
@@ -67,14 +73,9 @@ def _check_fraction(name: str, value: float) -> float:
 
 
 def sae_layer(sae: SparseAutoencoder, layer: int | None) -> int:
-    """``layer``, or the block named by the SAE's ``hook_name``; a clear error if neither."""
-    if layer is not None:
-        return layer
-    if sae.cfg.layer is None:
-        raise ValueError(
-            f"the SAE's cfg.json names no layer (hook_name '{sae.cfg.hook_name}'); pass --layer"
-        )
-    return sae.cfg.layer
+    """The block number the SAE reads at (``layer`` overrides its hook name's); see
+    :func:`featgeo.sae.hooks.sae_hook_point`, which also gives the hook kind."""
+    return sae_hook_point(sae, layer).layer
 
 
 @torch.no_grad()
@@ -92,8 +93,13 @@ def evaluate_sae(
     dense_threshold: float = 0.1,
     progress: bool = True,
 ) -> SAEEvaluation:
-    """Evaluate ``sae`` on up to ``max_tokens`` tokens of ``split`` (three forward passes each)."""
-    layer = check_layer(model, sae_layer(sae, layer))
+    """Evaluate ``sae`` on up to ``max_tokens`` tokens of ``split`` (three forward passes each).
+
+    ``layer`` replaces the block number of the SAE's hook name (its kind, resid_pre or
+    resid_post, stays); it is needed when the name has none.
+    """
+    point = sae_hook_point(sae, layer)
+    check_layer(model, point.layer)
     check_sae_matches_model(sae, model.config.hidden_size)
     context_size = check_context_size(model, context_size)
     dense_threshold = _check_fraction("--dense-threshold", dense_threshold)
@@ -101,7 +107,7 @@ def evaluate_sae(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{option} must be a positive int, got {value!r}")
     device = next(model.parameters()).device
-    sae = sae.to(device=device, dtype=torch.float32)
+    sae = sae.for_compute(device)  # float32; the caller's SAE is left as it is
     stats = _Stats(sae.cfg.d_sae, device)
     start = time.perf_counter()
     bar = progress_bar(transient=True)
@@ -111,12 +117,12 @@ def evaluate_sae(
         for chunks in _chunk_batches(
             corpus, split, tokenizer, context_size, batch_size, max_tokens
         ):
-            n = _evaluate_batch(model, sae, layer, chunks, stats)
+            n = _evaluate_batch(model, sae, point, chunks, stats)
             bar.update(task, advance=n, status=stats.status())
-    return stats.result(layer, split, dense_threshold, time.perf_counter() - start)
+    return stats.result(point, split, dense_threshold, time.perf_counter() - start)
 
 
-def _evaluate_batch(model, sae, layer: int, chunks: list[Chunk], stats: _Stats) -> int:
+def _evaluate_batch(model, sae, point: HookPoint, chunks: list[Chunk], stats: _Stats) -> int:
     """Add one batch of chunks to ``stats``; returns the number of evaluated tokens."""
     device = next(model.parameters()).device
     ids, valid = (t.to(device) for t in pad_chunks(chunks))
@@ -129,17 +135,17 @@ def _evaluate_batch(model, sae, layer: int, chunks: list[Chunk], stats: _Stats) 
         return h
 
     def with_sae(h: torch.Tensor) -> torch.Tensor:
-        return torch.where(spliced[..., None], sae(h), h)
+        return torch.where(spliced[..., None], sae(h.float()).to(h.dtype), h)
 
     def zeroed(h: torch.Tensor) -> torch.Tensor:
         return torch.where(spliced[..., None], torch.zeros_like(h), h)
 
-    ce_clean = _ce(model, ids, valid, layer, capture)
-    x = captured["h"][spliced]  # [n, d]
+    ce_clean = _ce(model, ids, valid, point, capture)
+    x = captured["h"][spliced].float()  # [n, d]
     codes = sae.encode(x)  # [n, d_sae]
     stats.add(x, codes, sae.decode(codes))
     stats.add_ce(
-        ce_clean, _ce(model, ids, valid, layer, with_sae), _ce(model, ids, valid, layer, zeroed)
+        ce_clean, _ce(model, ids, valid, point, with_sae), _ce(model, ids, valid, point, zeroed)
     )
     return int(x.shape[0])
 
@@ -165,25 +171,9 @@ def _chunk_batches(corpus, split, tokenizer, context_size, batch_size, max_token
         yield batch
 
 
-@contextmanager
-def _residual_hook(model: nn.Module, layer: int, edit: Callable[[torch.Tensor], torch.Tensor]):
-    """Run ``edit`` on the residual stream after block ``layer`` (its return replaces it)."""
-
-    def hook(_module, _args, output):
-        if isinstance(output, tuple):
-            return (edit(output[0]), *output[1:])
-        return edit(output)
-
-    handle = decoder_layers(model)[layer].register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def _ce(model, ids, valid, layer, edit) -> tuple[float, int]:
+def _ce(model, ids, valid, point: HookPoint, edit) -> tuple[float, int]:
     """(summed next-token cross-entropy, count) over predictions at positions 1.. ."""
-    with _residual_hook(model, layer, edit):
+    with residual_hook(model, point, edit):
         logits = model(input_ids=ids, attention_mask=valid.long(), use_cache=False).logits
     pred = logits[:, 1:-1].float()  # [b, s-2, V]: predictions made at positions 1..s-2
     target = ids[:, 2:]  # [b, s-2]
@@ -233,14 +223,15 @@ class _Stats:
     def status(self) -> str:
         return f"FVE {self.fve():.3f}  L0 {self.active / max(self.n, 1):.1f}"
 
-    def result(self, layer, split, dense_threshold, seconds) -> SAEEvaluation:
+    def result(self, point: HookPoint, split, dense_threshold, seconds) -> SAEEvaluation:
         if self.n == 0:
             raise ValueError(f"split {split!r} gave no tokens to evaluate on")
         freq = self.fired / self.n
         clean, sae, zero = (self.ce_mean(k) for k in ("clean", "sae", "zero"))
         gap = zero - clean
         return SAEEvaluation(
-            layer=layer,
+            layer=point.layer,
+            hook=point.name,
             split=split,
             n_tokens=self.n,
             fve=self.fve(),

@@ -7,6 +7,7 @@ which tensor and what to do, in one line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -168,6 +169,26 @@ def _read_weights(path: Path, cfg: SAEConfig) -> dict[str, torch.Tensor]:
                 f"re-train or re-save it"
             )
     return tensors
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of ``tensor`` (C order, on the CPU), for hashing.
+
+    Read through torch as uint8, never through numpy, which has no bfloat16 ("Got unsupported
+    ScalarType BFloat16"); for float32 the bytes equal ``tensor.numpy().tobytes()``.
+    """
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)  # [numel]
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def sae_fingerprint(sae: SparseAutoencoder) -> str:
+    """sha256 hex[:16] of the SAE's config and weights (as stored: bfloat16 / float16 bytes
+    are hashed as they are): equal SAEs give equal stores."""
+    digest = hashlib.sha256(json.dumps(sae.cfg.to_saelens_cfg(), sort_keys=True).encode())
+    for name, param in sorted(sae.named_parameters()):
+        digest.update(name.encode())
+        digest.update(tensor_bytes(param))
+    return digest.hexdigest()[:16]
 
 
 def check_sae_matches_model(sae: SparseAutoencoder, hidden_size: int) -> None:

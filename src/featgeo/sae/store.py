@@ -2,8 +2,8 @@
 
 Layout of a finished store folder (every array an ``.npy`` file, opened memory-mapped)::
 
-    header.json      format_version, model, layer, split, fingerprints, context_size,
-                     n_tokens, d_sae, featgeo_version, complete
+    header.json      format_version, model, layer, hook (resid_pre | resid_post), split,
+                     fingerprints, context_size, n_tokens, d_sae, featgeo_version, complete
     indptr.npy       int64 [n_tokens + 1]   CSR row pointers into latents/values
     latents.npy      int32 [nnz]            active latent ids, ascending within a row
     values.npy       float32 [nnz]          their activations (exactly what encode returned)
@@ -60,8 +60,13 @@ def store_key(
     layer: int,
     context_size: int,
     max_tokens: int | None,
+    hook: str = "resid_post",
 ) -> str:
-    """sha256 hex[:16] of everything that decides a store's content (and the format version)."""
+    """sha256 hex[:16] of everything that decides a store's content (and the format version).
+
+    ``hook`` is where in block ``layer`` the activations are read (``resid_pre``: its input,
+    ``resid_post``: its output), so stores of the two are never confused.
+    """
     fields = {
         "format_version": FORMAT_VERSION,
         "model": model_fingerprint,
@@ -69,6 +74,7 @@ def store_key(
         "corpus": corpus_fingerprint,
         "split": split,
         "layer": int(layer),
+        "hook": hook,
         "context_size": int(context_size),
         "max_tokens": None if max_tokens is None else int(max_tokens),
     }
@@ -257,7 +263,7 @@ def _encode_batch(batch, encode, info) -> dict[str, np.ndarray]:
             f"encode returned {codes.shape[1]} latents per token, expected d_sae={d_sae}; "
             "check that the encoder matches the header"
         )
-    codes = codes.detach().to("cpu", torch.float32)
+    codes = codes.detach().to("cpu", torch.float32)  # half-precision codes too: numpy has no bf16
     if not bool(torch.isfinite(codes).all()):
         raise ValueError("encode returned NaN or infinite codes; check the encoder and inputs")
     rows, cols = (codes != 0).nonzero(as_tuple=True)  # row-major: latents ascending per row

@@ -1,12 +1,17 @@
 """``featgeo sae train``: collect one block's activations, train an SAE on them, save it.
 
-The activations of the ``sae_train`` split are collected once into the activation cache
-(:mod:`featgeo.sae.activation_cache`); training then reads them in seeded random order, epoch
-after epoch, until ``--tokens`` tokens are used. Both stages resume after an interruption:
-collection from its finished shards, training from its last checkpoint (kept next to the output
-folder as ``.NAME.checkpoint`` until the SAE is saved). The output is a SAELens folder plus
-``training.json`` (settings, learning curve, timings). A finished folder with equal settings is
-reused; a folder with other settings is replaced only with ``force``.
+The SAE reads the output of block ``layer`` (``hook="resid_post"``, written to cfg.json as
+``blocks.L.hook_resid_post``) or its input (``hook="resid_pre"``, ``blocks.L.hook_resid_pre``).
+The activations of the ``sae_train`` split are collected into the activation cache
+(:mod:`featgeo.sae.activation_cache`): by default as many tokens as training uses
+(``--tokens``; the whole split when it is smaller), or ``activation_tokens``; a finished cache
+of a bigger collection of the same stream is reused (its first rows). Training then reads them
+in seeded random order, epoch after epoch, until ``--tokens`` tokens are used. Both stages
+resume after an interruption: collection from its finished shards, training from its last
+checkpoint (kept next to the output folder as ``.NAME.checkpoint`` until the SAE is saved).
+The output is a SAELens folder plus ``training.json`` (settings, learning curve, timings). A
+finished folder with equal settings is reused; a folder with other settings is replaced only
+with ``force``.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from featgeo.files import read_json
 from featgeo.sae.activation_cache import (
     build_activation_cache,
     default_cache_dir,
+    find_activation_cache,
     shuffled_batches,
 )
 from featgeo.sae.architectures import SparseAutoencoder
+from featgeo.sae.hooks import HookKind, HookPoint, check_hook_kind
 from featgeo.sae.saelens_format import CFG_FILENAME, load_sae, save_sae
 from featgeo.sae.training import RUNTIME_FIELDS, STATE_FILENAME, SAETrainer, TrainConfig
 
@@ -34,9 +41,10 @@ log = logging.getLogger(__name__)
 TRAINING_FILENAME = "training.json"
 
 
-def hook_name(layer: int) -> str:
-    """SAELens's name for the residual stream after block ``layer``."""
-    return f"blocks.{layer}.hook_resid_post"
+def hook_name(layer: int, hook: HookKind = "resid_post") -> str:
+    """SAELens's name for the output (``resid_post``) or input (``resid_pre``) of block
+    ``layer``, e.g. ``blocks.6.hook_resid_post``."""
+    return HookPoint(check_hook_kind(hook), layer).name
 
 
 @dataclass
@@ -55,6 +63,7 @@ def train_sae(
     train: TrainConfig,
     *,
     layer: int,
+    hook: HookKind = "resid_post",
     model: str = "embedded",
     corpus: str = "embedded",
     split: str = "sae_train",
@@ -65,14 +74,17 @@ def train_sae(
     force: bool = False,
     progress: bool = True,
 ) -> SAETrainResult:
-    """Train an SAE on the residual stream after block ``layer`` of ``model``.
+    """Train an SAE on the residual stream at block ``layer`` of ``model``.
 
     Args:
         out: output folder (SAELens format + ``training.json``).
         train: the training hyper-parameters (``total_tokens`` = tokens to train on).
-        layer: decoder block whose output the SAE reads.
-        activation_tokens: collect at most this many tokens of ``split`` (default: all of it);
-            training cycles over them as many times as ``train.total_tokens`` needs.
+        layer: decoder block the SAE reads at.
+        hook: ``resid_post`` (the block's output) or ``resid_pre`` (its input = the output of
+            block ``layer - 1``, the embeddings for 0).
+        activation_tokens: collect at most this many tokens of ``split`` (default:
+            ``train.total_tokens``, what one epoch of training uses); training cycles over them
+            as many times as ``train.total_tokens`` needs.
         force: replace an existing ``out`` trained with other settings.
     """
     from featgeo.corpus import load_corpus
@@ -87,20 +99,26 @@ def train_sae(
 
     if not isinstance(train, TrainConfig):
         raise TypeError(f"train must be a TrainConfig, got {type(train).__name__}")
+    hook = check_hook_kind(hook)
     out = Path(out)
     torch_device = resolve_device(device)
     resolved = resolve_model(model)
     corpus_data = load_corpus(corpus)
-    corpus_data.split(split)  # an unknown split fails here, before anything is loaded
+    # an unknown split fails here, before anything is loaded
+    corpus_data.split(split, option="--split")
+    budget = train.total_tokens if activation_tokens is None else activation_tokens
     header = {
         "model": model_fingerprint(resolved.source),
         "layer": layer,
+        "hook": hook,
         "split": split,
         "corpus_fingerprint": corpus_data.fingerprint,
         "context_size": context_size,
-        "max_tokens": activation_tokens,
+        "max_tokens": budget,
     }
-    cfg = replace(train, device=str(torch_device), model_name=model, hook_name=hook_name(layer))
+    cfg = replace(
+        train, device=str(torch_device), model_name=model, hook_name=hook_name(layer, hook)
+    )
     settings = {
         "activations": header,
         "collect_batch_size": collect_batch_size,
@@ -118,36 +136,40 @@ def train_sae(
     checkpoint = out.parent / f".{out.name}.checkpoint"
     _discard_other_checkpoint(checkpoint, cfg, force)
 
-    lm = load_model(model, device=torch_device)
-    check_layer(lm, layer)
-    tokenizer = load_tokenizer(model)
     start = time.perf_counter()
-    batches = resumable_batches(
-        lm,
-        tokenizer,
-        corpus_data,
-        split,
-        layer,
-        context_size=context_size,
-        batch_size=collect_batch_size,
-        max_tokens=activation_tokens,
-    )
-    cache = build_activation_cache(default_cache_dir(header), batches, header, progress=progress)
+    cache = find_activation_cache(header)
+    if cache is None:
+        lm = load_model(model, device=torch_device)
+        check_layer(lm, layer)
+        batches = resumable_batches(
+            lm,
+            load_tokenizer(model),
+            corpus_data,
+            split,
+            layer,
+            context_size=context_size,
+            batch_size=collect_batch_size,
+            max_tokens=budget,
+            hook=hook,
+        )
+        cache = build_activation_cache(
+            default_cache_dir(header), batches, header, progress=progress
+        )
+        lm = batches = None  # training needs only the cached activations: free the model
+    else:
+        log.info("reusing the activations in %s (%d tokens)", cache.folder, cache.n_tokens)
+    acts = cache.acts[: min(budget, cache.n_tokens)]  # [n_rows, d_model]: a prefix if bigger
     collect_seconds = time.perf_counter() - start
-    lm = batches = None  # training needs only the cached activations: free the model
 
     start = time.perf_counter()
     trainer = SAETrainer(replace(cfg, progress=progress))
-    trainer.fit(
-        shuffled_batches(cache.acts, cfg.batch_size, cfg.seed),
-        checkpoint_dir=checkpoint,
-    )
+    trainer.fit(shuffled_batches(acts, cfg.batch_size, cfg.seed), checkpoint_dir=checkpoint)
     train_seconds = time.perf_counter() - start
     summary = {
         "settings": settings,
         "activation_cache": str(cache.folder),
-        "n_activation_tokens": cache.n_tokens,
-        "epochs": trainer.tokens_seen_ / cache.n_tokens,
+        "n_activation_tokens": int(acts.shape[0]),
+        "epochs": trainer.tokens_seen_ / int(acts.shape[0]),
         "tokens_seen": trainer.tokens_seen_,
         "n_steps": trainer.n_steps_,
         "final": trainer.history_[-1],
@@ -181,8 +203,27 @@ def _finished_summary(out: Path, settings: dict[str, Any]) -> dict[str, Any] | N
     if not (out / TRAINING_FILENAME).is_file() or not (out / CFG_FILENAME).is_file():
         return None
     summary = read_json(out / TRAINING_FILENAME)
-    same = summary.get("settings") == _json_roundtrip(settings)
+    same = _upgraded_settings(summary) == _json_roundtrip(settings)
     return summary if same else None
+
+
+def _upgraded_settings(summary: dict[str, Any]) -> Any:
+    """The settings of a ``training.json`` in today's terms. Folders written before the hook
+    kind and the default collection budget were recorded read resid_post and collected the whole
+    split (``max_tokens`` null): that is the same collection as a budget of at least the
+    ``n_activation_tokens`` they got, so they stay reusable when today's budget is that."""
+    settings = summary.get("settings")
+    acts = settings.get("activations") if isinstance(settings, dict) else None
+    if not isinstance(acts, dict) or "hook" in acts:
+        return settings
+    acts = {**acts, "hook": "resid_post"}
+    n_rows = summary.get("n_activation_tokens")
+    if acts.get("max_tokens") is None and isinstance(n_rows, int):
+        train = settings.get("train") or {}
+        budget = train.get("total_tokens")
+        if isinstance(budget, int) and n_rows <= budget:  # the whole split fit the budget
+            acts["max_tokens"] = budget
+    return {**settings, "activations": acts}
 
 
 def _json_roundtrip(value: Any) -> Any:

@@ -103,7 +103,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.architecture not in TRAINABLE_ARCHITECTURES:
             raise ValueError(
-                f"--architecture '{self.architecture}' cannot be trained; choose from "
+                f"architecture '{self.architecture}' cannot be trained; choose from "
                 f"{', '.join(TRAINABLE_ARCHITECTURES)}"
             )
         if self.b_dec_init not in ("geometric_median", "mean"):
@@ -178,6 +178,8 @@ def _as_tensor(chunk: Any, d_in: int | None) -> torch.Tensor:
         )
     if not acts.is_floating_point():
         raise TypeError(f"activations must be floating point, got dtype {acts.dtype}")
+    if acts.dtype in (torch.float16, torch.bfloat16):  # train in float32 (the SAE's dtype)
+        acts = acts.float()
     return acts
 
 

@@ -10,9 +10,15 @@ from featgeo.sparsity.hamming import (
     pairwise_hamming,
 )
 from featgeo.sparsity.matrices import DenseMatrixWarning, feature_masks, load_matrix, sparsity
-from featgeo.sparsity.metrics import block_coherence, centroid_metrics, hamming_metrics
+from featgeo.sparsity.metrics import (
+    ClusterCountWarning,
+    block_coherence,
+    centroid_metrics,
+    hamming_metrics,
+)
 
 __all__ = [
+    "ClusterCountWarning",
     "DenseMatrixWarning",
     "FeatureAnalysis",
     "analyze_feature",

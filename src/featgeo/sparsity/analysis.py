@@ -3,6 +3,7 @@ set, both metric families and MMM block coherence (SPEC §2; seed 000's single a
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -12,10 +13,12 @@ from threadpoolctl import threadpool_limits
 from featgeo.sparsity.hamming import nearest_features, pairwise_hamming
 from featgeo.sparsity.metrics import (
     CentroidMetrics,
+    ClusterCountWarning,
     HammingMetrics,
     block_coherence,
     centroid_metrics,
     cluster_order,
+    distinct_count,
     hamming_metrics,
     hamming_summary,
 )
@@ -61,7 +64,9 @@ class FeatureAnalysis:
     feature_idx: int
     n_features: int
     n_clusters: int
+    """Clusters k-means ran with: ``n_clusters_requested`` capped at ``n_distinct_points``."""
     seed: int
+    """k-means ``random_state``."""
     cluster_on: str
     block_size: int
     d: int
@@ -79,14 +84,25 @@ class FeatureAnalysis:
     mmm_block_coherence_unsorted: float
     """The same in neighbour order, for comparison."""
     distance_matrix: np.ndarray = field(repr=False)  # [n+1, n+1] int Hamming
+    n_clusters_requested: int = 0
+    """What was asked for (``--n-clusters`` / ``--k-values``); 0 means ``n_clusters``."""
+    n_distinct_points: int = 0
+    """Distinct points (masks or weight vectors) among the analysed features."""
+
+    def __post_init__(self) -> None:
+        if not self.n_clusters_requested:
+            self.n_clusters_requested = self.n_clusters
 
     def metrics(self) -> dict:
         """Flat, JSON-ready metrics (no per-point arrays)."""
         out = {
             "feature_idx": self.feature_idx,
             "n_features": self.n_features,
+            "n_clusters_requested": self.n_clusters_requested,
             "n_clusters": self.n_clusters,
+            "n_distinct_points": self.n_distinct_points,
             "seed": self.seed,
+            "kmeans_random_state": self.seed,
             "cluster_on": self.cluster_on,
             "d": self.d,
             **self.hamming_stats,
@@ -99,7 +115,9 @@ class FeatureAnalysis:
                 "within_hamming_per_cluster": hamming["within_per_cluster"],
                 "mean_within_hamming": hamming["mean_within_hamming"],
                 "mean_between_hamming": hamming["mean_between_hamming"],
+                "mean_between_hamming_undefined": hamming["mean_between_hamming_undefined"],
                 "hamming_separation_ratio": hamming["hamming_separation_ratio"],
+                "hamming_separation_ratio_undefined": hamming["hamming_separation_ratio_undefined"],
             }
         )
         out.update(
@@ -133,10 +151,16 @@ def analyze_feature(
     cluster_on: ClusterOn = "masks",
     weights: np.ndarray | None = None,
     block_size: int = 8,
+    k_option: str = "--n-clusters",
 ) -> FeatureAnalysis:
     """Analyse one reference feature.
 
     masks: [N, D] bool feature masks; weights: [N, D] float, needed for ``cluster_on="weights"``.
+    ``seed`` is k-means' ``random_state``. When the analysed set holds fewer distinct points
+    than ``n_clusters``, k-means runs with k = the number of distinct points (more clusters
+    would be empty or split identical points), a :class:`ClusterCountWarning` naming
+    ``k_option`` is emitted, and both counts are recorded (``n_clusters_requested``,
+    ``n_clusters``).
     """
     if cluster_on not in ("masks", "weights"):
         raise ValueError(f"--cluster-on must be 'masks' or 'weights', got '{cluster_on}'")
@@ -146,18 +170,30 @@ def analyze_feature(
     analysed = np.concatenate([[feature_idx], neighbours.indices])
     if not 1 <= n_clusters <= analysed.size:
         raise ValueError(
-            f"--n-clusters {n_clusters} is larger than the {analysed.size} "
-            "analysed features; lower it or raise --n-features"
+            f"{k_option} {n_clusters} is larger than the {analysed.size} "
+            "analysed features; lower it or raise the number of neighbours"
         )
     subset = masks[analysed]
     points = subset.astype(np.float64) if cluster_on == "masks" else weights[analysed]
-    fit = kmeans(points, n_clusters, seed)
+    n_distinct = distinct_count(points)
+    k_used = min(n_clusters, n_distinct)
+    if k_used < n_clusters:
+        what = "mask" if cluster_on == "masks" else "weight vector"
+        what += "" if n_distinct == 1 else "s"
+        warnings.warn(
+            f"{k_option} {n_clusters} is more than the {n_distinct} distinct {what} among the "
+            f"{analysed.size} analysed features (reference {feature_idx}); k-means ran with "
+            f"k={k_used} (recorded as n_clusters_requested={n_clusters}, n_clusters={k_used})",
+            ClusterCountWarning,
+            stacklevel=2,
+        )
+    fit = kmeans(points, k_used, seed)
     d = masks.shape[1]
     distances = pairwise_hamming(subset)
     return FeatureAnalysis(
         feature_idx=int(feature_idx),
         n_features=n_features,
-        n_clusters=n_clusters,
+        n_clusters=k_used,
         seed=seed,
         cluster_on=cluster_on,
         block_size=block_size,
@@ -167,12 +203,14 @@ def analyze_feature(
         labels=fit.labels,
         hamming_stats=hamming_summary(neighbours.distances, d),
         centroid=centroid_metrics(points, fit.labels, fit.centroids),
-        hamming=hamming_metrics(distances / d, fit.labels, n_clusters),
+        hamming=hamming_metrics(distances / d, fit.labels, k_used),
         inertia=fit.inertia,
         n_iter=fit.n_iter,
         mmm_block_coherence=block_coherence(subset, cluster_order(fit.labels), block_size),
         mmm_block_coherence_unsorted=block_coherence(subset, None, block_size),
         distance_matrix=distances,
+        n_clusters_requested=n_clusters,
+        n_distinct_points=n_distinct,
     )
 
 

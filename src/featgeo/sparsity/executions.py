@@ -1,10 +1,12 @@
 """Single and multi-execution Hamming cluster analyses of one pruned matrix (SPEC §2; seed 000's
 ``hamming_cluster_analysis.py`` and ``multi_execution_hamming_analysis.py``).
 
-``run_single`` analyses one reference feature (given, or drawn with ``default_rng(seed)``);
-``run_multi`` draws ``n_executions`` distinct reference features with ``default_rng(seed)`` and
-aggregates every scalar metric as mean ± std. Every input is validated before any analysis
-runs, so a bad flag fails fast and nothing is written.
+``run_single`` analyses one reference feature (given, or drawn from the seed); ``run_multi``
+draws ``n_executions`` reference features and aggregates every scalar metric as mean ± std.
+By default features and k-means seeds are drawn as the original scripts draw them, so the same
+``--seed`` analyses the same features (``rng="legacy"``; see :mod:`featgeo.sparsity.references`).
+Every input is validated before any analysis runs, so a bad flag fails fast and nothing is
+written.
 """
 
 from __future__ import annotations
@@ -19,10 +21,29 @@ import numpy as np
 from featgeo.sparsity.analysis import ClusterOn, FeatureAnalysis, analyze_feature
 from featgeo.sparsity.matrices import Axis, feature_masks, load_matrix, sparsity
 from featgeo.sparsity.metrics import SEPARATION_BANDS, separation_band
+from featgeo.sparsity.references import (
+    RngScheme,
+    check_rng,
+    kmeans_random_state,
+    reference_for_seed,
+    scheme_record,
+)
+from featgeo.sparsity.references import draw_references as _draw_references
 
 _EXPORT_NAME = re.compile(r"^layer(\d+)-(.+)$")  # {method}/layer{L}-{component}.pt (SPEC §1)
 
-CONFIG_KEYS = ("feature_idx", "n_features", "n_clusters", "seed", "cluster_on", "d", "block_size")
+CONFIG_KEYS = (
+    "feature_idx",
+    "n_features",
+    "n_clusters",
+    "n_clusters_requested",
+    "n_distinct_points",
+    "seed",
+    "kmeans_random_state",
+    "cluster_on",
+    "d",
+    "block_size",
+)
 """Keys of ``FeatureAnalysis.metrics()`` that are settings, not measurements."""
 
 
@@ -69,11 +90,13 @@ class SingleResult:
     analysis: FeatureAnalysis
     feature_drawn: bool
     """True when the reference feature was drawn with the seeded RNG (no ``feature_idx``)."""
+    rng: RngScheme = "legacy"
+    """How the reference feature (when drawn) and the k-means seed were chosen."""
 
 
 @dataclass(frozen=True)
 class MultiResult:
-    """``n_executions`` analyses of distinct, randomly drawn reference features."""
+    """``n_executions`` analyses of randomly drawn reference features."""
 
     matrix: MatrixInfo
     config: dict
@@ -180,38 +203,45 @@ def run_single(
     axis: Axis = "columns",
     cluster_on: ClusterOn = "masks",
     block_size: int = 8,
+    rng: RngScheme = "legacy",
 ) -> SingleResult:
     """Analyse one reference feature of the matrix at ``matrix_path``.
 
-    The reference is ``feature_idx`` or, when None, ``default_rng(seed).integers(N)``; its
-    ``n_features`` nearest features by Hamming (ties to the lower index) form the analysed set,
-    clustered with k-means (``n_clusters``, ``random_state=seed``) on masks or weights.
+    The reference is ``feature_idx`` or, when None, drawn from ``seed``: ``rng="legacy"``
+    (default) as ``hamming_cluster_analysis.py`` does, ``np.random.seed(seed);
+    np.random.randint(0, N)`` (seed 42, N = 1536 gives 1126); ``rng="generator"``:
+    ``default_rng(seed).integers(N)``. Its ``n_features`` nearest features by Hamming (ties to
+    the lower index) form the analysed set, clustered with k-means (``n_clusters``,
+    ``random_state=seed``) on masks or weights.
     """
     _check_choices(axis, cluster_on)
+    check_rng(rng)
     _check_sizes(n_features, n_clusters, block_size)
     loaded = load_features(matrix_path, axis=axis, with_weights=cluster_on == "weights")
     _check_against_matrix(loaded.info, n_features)
     drawn = feature_idx is None
     if drawn:
-        feature_idx = int(np.random.default_rng(seed).integers(loaded.info.n_features_total))
+        feature_idx = reference_for_seed(loaded.info.n_features_total, seed, rng)
     _check_feature_idx(feature_idx, loaded.info)
     analysis = analyze_feature(
         loaded.masks,
         feature_idx,
         n_features=n_features,
         n_clusters=n_clusters,
-        seed=seed,
+        seed=kmeans_random_state(seed, 0, rng),
         cluster_on=cluster_on,
         weights=loaded.weights,
         block_size=block_size,
     )
-    return SingleResult(loaded.info, analysis, drawn)
+    return SingleResult(loaded.info, analysis, drawn, rng)
 
 
-def draw_references(n_total: int, n_executions: int, seed: int) -> list[int]:
-    """``n_executions`` distinct feature indices drawn with ``default_rng(seed)``."""
-    chosen = np.random.default_rng(seed).choice(n_total, size=n_executions, replace=False)
-    return [int(i) for i in chosen]
+def draw_references(
+    n_total: int, n_executions: int, seed: int, rng: RngScheme = "legacy"
+) -> list[int]:
+    """Reference features of the executions (see :func:`featgeo.sparsity.references.
+    draw_references`): legacy with replacement, generator without."""
+    return _draw_references(n_total, n_executions, seed, rng)
 
 
 def run_multi(
@@ -225,22 +255,24 @@ def run_multi(
     cluster_on: ClusterOn = "masks",
     block_size: int = 8,
     progress: bool = True,
+    rng: RngScheme = "legacy",
 ) -> MultiResult:
-    """Run the single analysis on ``n_executions`` distinct reference features drawn without
-    replacement by ``default_rng(seed)``; k-means uses ``random_state=seed`` every time."""
+    """Run the single analysis on ``n_executions`` reference features.
+
+    ``rng="legacy"`` (default, as ``multi_execution_hamming_analysis.py``): one
+    ``np.random.seed(seed)``, then ``np.random.randint(0, N)`` per execution (with replacement),
+    and execution i runs k-means with ``random_state = seed + i``. ``rng="generator"``:
+    ``default_rng(seed)`` draws distinct features and every k-means uses ``random_state=seed``.
+    """
     _check_choices(axis, cluster_on)
+    check_rng(rng)
     _check_sizes(n_features, n_clusters, block_size)
     if n_executions < 1:
         raise ValueError(f"--n-executions must be >= 1, got {n_executions}")
     loaded = load_features(matrix_path, axis=axis, with_weights=cluster_on == "weights")
     info = loaded.info
     _check_against_matrix(info, n_features)
-    if n_executions > info.n_features_total:
-        raise ValueError(
-            f"--n-executions {n_executions} is larger than the {info.n_features_total} features "
-            f"of this matrix ({info.axis}); reference features are drawn without replacement, "
-            f"so pass --n-executions {info.n_features_total} or less"
-        )
+    references = draw_references(info.n_features_total, n_executions, seed, rng)
     config = {
         "n_executions": n_executions,
         "n_features": n_features,
@@ -249,8 +281,9 @@ def run_multi(
         "axis": axis,
         "cluster_on": cluster_on,
         "block_size": block_size,
+        **scheme_record(rng),
+        "kmeans_random_states": [kmeans_random_state(seed, i, rng) for i in range(n_executions)],
     }
-    references = draw_references(info.n_features_total, n_executions, seed)
     analyses = _analyse_all(loaded, references, config, progress=progress)
     return MultiResult(info, config, analyses)
 
@@ -258,59 +291,84 @@ def run_multi(
 def _analyse_all(
     loaded: LoadedMatrix, references: list[int], config: dict, *, progress: bool
 ) -> list[FeatureAnalysis]:
-    def one(feature_idx: int) -> FeatureAnalysis:
+    states = config["kmeans_random_states"]
+
+    def one(execution: int) -> FeatureAnalysis:
         return analyze_feature(
             loaded.masks,
-            feature_idx,
+            references[execution],
             n_features=config["n_features"],
             n_clusters=config["n_clusters"],
-            seed=config["seed"],
+            seed=states[execution],
             cluster_on=config["cluster_on"],
             weights=loaded.weights,
             block_size=config["block_size"],
         )
 
     if not progress:
-        return [one(i) for i in references]
+        return [one(i) for i in range(len(references))]
     from featgeo.progress import progress_bar
 
     analyses = []
     with progress_bar() as bar:
         task = bar.add_task(f"executions on {loaded.info.name}", total=len(references), status="")
-        for feature_idx in references:
+        for execution, feature_idx in enumerate(references):
             bar.update(task, status=f"feature {feature_idx}")
-            analyses.append(one(feature_idx))
+            analyses.append(one(execution))
             bar.advance(task)
         bar.update(task, status="done")
     return analyses
 
 
 def aggregate_metrics(rows: list[dict]) -> dict[str, dict]:
-    """Mean ± std (population, ``ddof=0``) of every scalar metric over executions, keys sorted.
+    """Mean ± std (population, ``ddof=0``) of every numeric metric over executions, keys sorted.
 
-    A separation ratio is ``inf`` when the within distance is 0; such values are left out of
-    mean and std and counted in ``n_infinite`` (mean is ``inf`` and std None if all are).
+    An undefined value (None, e.g. a separation ratio whose within distance is 0; or a
+    non-finite number from an older JSON) is left out of mean and std and counted in
+    ``n_undefined``; ``undefined_reasons`` maps each reason (from the ``{metric}_undefined``
+    field) to how many executions gave it. With every value undefined, mean and std are None.
     """
     out: dict[str, dict] = {}
-    for key in sorted(rows[0]):
-        if key in CONFIG_KEYS or isinstance(rows[0][key], (str, list, bool)):
+    keys = sorted({key for row in rows for key in row})
+    for key in keys:
+        values = [row.get(key) for row in rows]
+        skip = key.endswith(("_undefined", "_band"))
+        if key in CONFIG_KEYS or skip or not _numeric(values):
             continue
-        values = np.array([row[key] for row in rows], dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        if finite.size:
-            mean, std = float(finite.mean()), float(finite.std())
-        else:
-            mean, std = float("inf"), None
-        out[key] = {"mean": mean, "std": std, "n_infinite": int(values.size - finite.size)}
+        array = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        finite = array[np.isfinite(array)]
+        entry: dict = {
+            "mean": float(finite.mean()) if finite.size else None,
+            "std": float(finite.std()) if finite.size else None,
+            "n_undefined": int(array.size - finite.size),
+        }
+        if entry["n_undefined"]:
+            reasons: dict[str, int] = {}
+            for row, value in zip(rows, array, strict=True):
+                if not np.isfinite(value):
+                    why = row.get(f"{key}_undefined") or "not a finite number"
+                    reasons[why] = reasons.get(why, 0) + 1
+            entry["undefined_reasons"] = reasons
+        out[key] = entry
     return out
 
 
+def _numeric(values: list) -> bool:
+    """True when every value is a number or None (an undefined number)."""
+    return all(
+        v is None or (isinstance(v, (int, float, np.number)) and not isinstance(v, bool))
+        for v in values
+    )
+
+
 def band_counts(analyses: list[FeatureAnalysis]) -> dict[str, int]:
-    """How many executions fall in each centroid separation band (excellent ... poor)."""
+    """How many executions fall in each centroid separation band (excellent ... poor), plus
+    ``undefined`` for executions whose ratio is undefined."""
     counts = {band: 0 for _, band in SEPARATION_BANDS}
     counts["poor"] = 0
+    counts["undefined"] = 0
     for analysis in analyses:
-        counts[analysis.centroid.centroid_separation_band] += 1
+        counts[analysis.centroid.centroid_separation_band or "undefined"] += 1
     return counts
 
 
@@ -327,12 +385,16 @@ def single_to_json(result: SingleResult) -> dict:
         "feature_idx": a.feature_idx,
         "feature_drawn": result.feature_drawn,
         "n_features": a.n_features,
+        "n_clusters_requested": a.n_clusters_requested,
         "n_clusters": a.n_clusters,
         "seed": a.seed,
         "axis": result.matrix.axis,
         "cluster_on": a.cluster_on,
         "block_size": a.block_size,
+        **scheme_record(result.rng),
     }
+    if not result.feature_drawn:
+        config["reference_draw"] = "given (--feature-idx)"
     return {
         "featgeo_version": _version(),
         "matrix": result.matrix.to_dict(),
@@ -343,7 +405,8 @@ def single_to_json(result: SingleResult) -> dict:
 
 def multi_to_json(result: MultiResult) -> dict:
     """JSON-ready dict with ``matrix`` (path, name, shape, sparsity, axis, method, layer,
-    component, ...), ``config``, ``aggregate`` ({metric: {mean, std, n_infinite}}),
+    component, ...), ``config`` (with the reference-draw scheme and each execution's k-means
+    ``random_state``), ``aggregate`` ({metric: {mean, std, n_undefined[, undefined_reasons]}}),
     ``separation_bands`` and ``executions`` (per-execution metrics, neighbours and labels).
 
     Deterministic: the same inputs and seed give the same dict (no timestamps)."""
@@ -360,6 +423,6 @@ def multi_to_json(result: MultiResult) -> dict:
     }
 
 
-def aggregate_band(aggregate: dict[str, dict]) -> str:
-    """Band of the mean centroid separation ratio."""
+def aggregate_band(aggregate: dict[str, dict]) -> str | None:
+    """Band of the mean centroid separation ratio; None when it is undefined."""
     return separation_band(aggregate["centroid_separation_ratio"]["mean"])

@@ -25,7 +25,12 @@ class DenseMatrixWarning(UserWarning):
 
 def load_matrix(path: str | os.PathLike) -> torch.Tensor:
     """Load a 2-D float matrix from ``.pt`` (a plain tensor, ``weights_only``), ``.safetensors``
-    (one tensor) or ``.npy``; refuse anything else with a clear error."""
+    (one tensor) or ``.npy``; refuse anything else with a clear error.
+
+    The dtype is kept as stored: bfloat16 / float16 matrices (numpy's ``.npy`` holds float16
+    but has no bfloat16) give the same masks (``W != 0``) as their float32 copy; the analyses
+    that use weight values (``--cluster-on weights``) upcast them to float64 through torch.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(

@@ -1,9 +1,12 @@
 """Multi-seed clustering analysis (seed 000's ``multi_seed_clustering_analysis.py``).
 
-For every seed s: draw a reference feature with ``numpy.random.default_rng(s)``, take its
-``n_similar`` nearest features by Hamming distance, cluster the analysed set with k-means
-(``random_state=s``) for every k, and draw four figures per (seed, k). Then summarise the
-metrics across seeds per k (mean ± std) in two figures and ``metrics_summary.json``::
+For every seed s: draw a reference feature as the original script does (``np.random.seed(s);
+np.random.randint(0, N)``, through a private ``RandomState``; ``rng="generator"`` uses
+``numpy.random.default_rng(s).integers(N)``), take its ``n_similar`` nearest features by Hamming
+distance, cluster the analysed set with k-means (``random_state=s``) for every k (a k above the
+number of distinct points is reduced to it and recorded), and draw four figures per (seed, k).
+Then summarise the metrics across seeds per k (mean ± std) in two figures and
+``metrics_summary.json``::
 
     {output_dir}/seed_{s}/k_{k}/seed{s}_k{k}_feat{N}_{spy_plot,statistics,tsne,distance_heatmap}.png
     {output_dir}/summary/{summary_separation_ratios.png, summary_distances.png,
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +33,7 @@ from featgeo.files import read_json, staging_dir, write_json
 from featgeo.sparsity.analysis import ClusterOn, analyze_feature
 from featgeo.sparsity.executions import LoadedMatrix, aggregate_metrics, load_features
 from featgeo.sparsity.matrices import SUPPORTED_SUFFIXES, Axis
+from featgeo.sparsity.references import RNG_SCHEMES, RngScheme, reference_for_seed, scheme_record
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ DEFAULT_OUTPUT_ROOT = Path("results/metrics/multi_seed_clustering")
 PLOT_KINDS = ("spy_plot", "statistics", "tsne", "distance_heatmap")
 SUMMARY_FILES = ("summary_separation_ratios.png", "summary_distances.png", "metrics_summary.json")
 _RESUME = ".resume"
+_COMPONENT_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 """Per-(seed, k) metrics kept in the staging folder while the tree is built; removed before the
 finished tree is swapped into place, so the output holds exactly seed 000's files."""
 
@@ -68,9 +74,11 @@ class SeedsConfig:
     """Features per block for MMM block coherence."""
     dpi: int = 100
     """Resolution of the PNG figures."""
+    rng: RngScheme = "legacy"
+    """Reference draw: ``legacy`` as the original script (``np.random.seed(s); randint(0, N)``)
+    or ``generator`` (``default_rng(s).integers(N)``); k-means uses ``random_state=s`` in both."""
 
     def __post_init__(self) -> None:
-        from featgeo.models import COMPONENTS
         from featgeo.pruning import PRUNERS
 
         if self.method not in PRUNERS:
@@ -78,9 +86,12 @@ class SeedsConfig:
                 f"--method '{self.method}' is not a pruning method; choose from "
                 f"{', '.join(sorted(PRUNERS))}"
             )
-        if self.component not in COMPONENTS:
+        # Components are discovered per model (Phi-3's qkv_proj, GPT-NeoX's query_key_value),
+        # so any dotted module name is accepted; the matrix file decides whether it exists.
+        if not isinstance(self.component, str) or not _COMPONENT_NAME.fullmatch(self.component):
             raise ValueError(
-                f"--component '{self.component}' is unknown; choose from {', '.join(COMPONENTS)}"
+                f"--component must be a module name like 'mlp.down_proj', got "
+                f"'{self.component}'"
             )
         for name in ("layer", "seeds", "n_similar", "block_size", "dpi"):
             value = getattr(self, name)
@@ -100,6 +111,11 @@ class SeedsConfig:
             raise ValueError(f"--axis must be 'columns' or 'rows', got '{self.axis}'")
         if self.cluster_on not in ("masks", "weights"):
             raise ValueError(f"--cluster-on must be 'masks' or 'weights', got '{self.cluster_on}'")
+        if self.rng not in RNG_SCHEMES:
+            raise ValueError(
+                f"--rng must be one of {', '.join(RNG_SCHEMES)}, got '{self.rng}'; 'legacy' "
+                "reproduces the original script's draws"
+            )
         object.__setattr__(self, "k_values", _check_k_values(self.k_values, self.n_similar))
 
     @property
@@ -170,9 +186,11 @@ class SeedsResult:
         return {int(s): v["feature_idx"] for s, v in self.summary["per_seed"].items()}
 
 
-def reference_feature(n_features_total: int, seed: int) -> int:
-    """The reference feature of ``seed``: ``default_rng(seed).integers(n_features_total)``."""
-    return int(np.random.default_rng(seed).integers(n_features_total))
+def reference_feature(n_features_total: int, seed: int, rng: RngScheme = "legacy") -> int:
+    """The reference feature of ``seed``: legacy ``RandomState(seed).randint(0, N)`` (as
+    ``np.random.seed(seed); np.random.randint(0, N)``), generator
+    ``default_rng(seed).integers(N)``."""
+    return reference_for_seed(n_features_total, seed, rng)
 
 
 def plot_paths(seed: int, k: int, feature_idx: int) -> dict[str, str]:
@@ -196,6 +214,7 @@ def run_seeds(
     block_size: int = 8,
     dpi: int = 100,
     progress: bool = True,
+    rng: RngScheme = "legacy",
 ) -> SeedsResult:
     """Run the multi-seed clustering analysis of ``{matrices_dir}/{method}/layer{layer}-
     {component}.pt`` and write seed 000's output tree (see the module docstring).
@@ -216,11 +235,13 @@ def run_seeds(
         cluster_on=cluster_on,
         block_size=block_size,
         dpi=dpi,
+        rng=rng,
     )
     loaded = _load(config)
     out = config.out_dir
     _check_output_dir(out)
-    references = {s: reference_feature(loaded.info.n_features_total, s) for s in range(seeds)}
+    total = loaded.info.n_features_total
+    references = {s: reference_feature(total, s, config.rng) for s in range(seeds)}
     run_key = {"config": config.to_dict(), "mask_sha256": _mask_digest(loaded.masks)}
 
     computed: list[tuple[int, int]] = []
@@ -237,8 +258,13 @@ def run_seeds(
 def _load(config: SeedsConfig) -> LoadedMatrix:
     path = config.matrix_path
     if not path.is_file():
+        prefix = f"layer{config.layer}-"
+        exported = sorted(
+            {p.stem.removeprefix(prefix) for p in path.parent.glob(f"{prefix}*") if p.is_file()}
+        )
+        hint = f" (layer {config.layer} there has: {', '.join(exported)})" if exported else ""
         raise FileNotFoundError(
-            f"matrix file '{path}' does not exist; export it first with `featgeo prune "
+            f"matrix file '{path}' does not exist{hint}; export it first with `featgeo prune "
             f"--method {config.method} --layers {config.layer} --components {config.component} "
             f"--out {config.matrices_dir}` or pass --matrices-dir"
         )
@@ -344,6 +370,7 @@ def _analyse_one(
         cluster_on=config.cluster_on,
         weights=loaded.weights,
         block_size=config.block_size,
+        k_option="--k-values",
     )
     masks = loaded.masks[analysis.analysed]  # [n_similar + 1, D], reference first
     labels = analysis.labels
@@ -402,8 +429,9 @@ def _write_summary(
         "featgeo_version": __version__,
         "config": {
             **config.to_dict(),
-            "reference_rng": "numpy.random.default_rng(seed).integers(n_features_total)",
-            "kmeans": "sklearn KMeans(n_init=10, algorithm='lloyd', random_state=seed)",
+            **scheme_record(config.rng, per_seed=True),
+            "kmeans": "sklearn KMeans(n_init=10, algorithm='lloyd', random_state=s); a k above "
+            "the number of distinct points is reduced to it (n_clusters_requested, n_clusters)",
             "std": "population (ddof=0), over seeds",
         },
         "matrix": matrix,
