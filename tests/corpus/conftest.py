@@ -6,6 +6,7 @@ from __future__ import annotations
 import bz2
 import io
 import struct
+import sys
 import tarfile
 import zipfile
 import zlib
@@ -246,6 +247,9 @@ def write_files(tmp_path) -> Callable[[dict[str, str | bytes]], Path]:
 def synth():
     """The builders and sample texts of this conftest (``synth.rdb(...)``, ``synth.PRIDE``);
     a fixture rather than an import so it works under any pytest import mode."""
-    import sys
+    return _THIS
 
-    return sys.modules[__name__]
+
+# Taken while this file is being imported: other test folders have a ``conftest`` module too,
+# and sys.modules["conftest"] names whichever was imported last.
+_THIS = sys.modules[__name__]

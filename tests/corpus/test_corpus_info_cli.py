@@ -77,14 +77,64 @@ def test_cli_build_from_files_then_info(write_files, tmp_path):
     assert "sae_train" in result.output and "tokens" not in result.output
 
 
-def test_cli_build_embedded_with_sources(fake_registry, tmp_path):
+def built_sources(out) -> tuple[list[str], set[str], str]:
+    """(source names in the manifest, document sources, fingerprint) of a built corpus, read
+    from its files."""
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    docs = [
+        json.loads(line)
+        for path in sorted(out.glob("*.jsonl"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line
+    ]
+    assert docs, f"no documents under {out}"
+    return (
+        [e["name"] for e in manifest["sources"]],
+        {d["source"] for d in docs},
+        manifest["fingerprint"],
+    )
+
+
+def test_cli_build_sources_choose_what_is_built(fake_registry, tmp_path):
     fake_registry()
-    out = tmp_path / "emb"
-    result = runner.invoke(app, ["build", "--sources", "austen", "--out", str(out)])
+    only_austen, both = tmp_path / "austen", tmp_path / "both"
+    result = runner.invoke(app, ["build", "--sources", "austen", "--out", str(only_austen)])
     assert result.exit_code == 0, result.output
     assert "corpus embedded" in result.output
-    again = runner.invoke(app, ["build", "--sources", "austen", "--out", str(out), "--force"])
+    names, doc_sources, _ = built_sources(only_austen)
+    assert names == ["austen"] and doc_sources == {"austen"}
+    result = runner.invoke(app, ["build", "--out", str(both)])  # default: wiki,austen
+    assert result.exit_code == 0, result.output
+    names, doc_sources, _ = built_sources(both)
+    assert names == ["wiki", "austen"] and doc_sources == {"wikipedia", "austen"}
+
+
+def test_cli_build_force_rebuilds_and_its_absence_reuses(fake_registry, synth, tmp_path):
+    out = tmp_path / "emb"
+    fake_registry()  # Pride and Prejudice + Emma
+    first = runner.invoke(app, ["build", "--sources", "austen", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    *_, before = built_sources(out)
+    fake_registry(novels=(synth.EMMA,))  # the registry now serves another package
+    again = runner.invoke(app, ["build", "--sources", "austen", "--out", str(out)])
     assert again.exit_code == 0, again.output
+    assert built_sources(out)[2] == before  # already built from austen: kept as is
+    forced = runner.invoke(app, ["build", "--sources", "austen", "--out", str(out), "--force"])
+    assert forced.exit_code == 0, forced.output
+    *_, after = built_sources(out)
+    assert after != before
+    text = "".join(p.read_text(encoding="utf-8") for p in out.glob("*.jsonl"))
+    assert "Emma Woodhouse" in text and "truth universally acknowledged" not in text
+
+
+@pytest.mark.parametrize("option", [["--sources", "wiki"], ["--force"]], ids=lambda o: o[0])
+def test_cli_info_refuses_build_options(tmp_path, option):
+    """``info`` only reads a corpus: the build options are refused, not silently ignored."""
+    result = runner.invoke(app, ["info", "--corpus", str(tmp_path), "--model", "none", *option])
+    assert result.exit_code == 2
+    assert "No such option" in result.output and option[0] in result.output
 
 
 def test_cli_info_with_model_counts_tokens(write_files, tiny_llama):
@@ -107,7 +157,8 @@ def test_cli_from_without_out_is_a_value_error(write_files):
 
 
 def test_main_cli_turns_bad_corpus_into_one_line_and_exit_2(tmp_path):
-    main = pytest.importorskip("featgeo.cli")
-    result = runner.invoke(main.app, ["corpus", "info", "--corpus", str(tmp_path / "nope.txt")])
+    from featgeo.cli import app as main_app  # an import error here is a failure, not a skip
+
+    result = runner.invoke(main_app, ["corpus", "info", "--corpus", str(tmp_path / "nope.txt")])
     assert result.exit_code == 2
     assert "does not exist" in result.output

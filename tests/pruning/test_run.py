@@ -195,3 +195,28 @@ def test_save_model_writes_a_loadable_pruned_model(tiny_llama, text_corpus, tmp_
     assert torch.equal(
         weight, torch.load(result.out_dir / "layer1-mlp.down_proj.pt", weights_only=True)
     )
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("target", [0.3, 0.7])
+def test_reported_sparsity_is_the_zero_fraction_of_the_exports(
+    method, target, tiny_llama, text_corpus, tmp_path
+):
+    """Away from 50% sparsity and density differ: every reported number must be the fraction
+    of zeros, counted here from the exported tensors, and meet the target exactly."""
+    config = make_config(
+        tiny_llama, text_corpus, tmp_path, methods=[method], sparsity=target, eval_windows=1
+    )
+    result = run_prune(config)[0]
+    summary = json.loads((result.out_dir / "prune_summary.json").read_text())
+    zeros = total = 0
+    for entry in summary["matrices"]:
+        weight = torch.load(result.out_dir / entry["file"], weights_only=True)
+        counted = (weight == 0).sum().item()
+        assert entry["sparsity"] == pytest.approx(counted / weight.numel(), abs=1e-12)
+        # exact ties: every matrix holds floor(target * numel) zeros (per row for Wanda)
+        assert counted / weight.numel() == pytest.approx(target, abs=1 / weight.shape[1])
+        zeros, total = zeros + counted, total + weight.numel()
+    assert summary["achieved_sparsity"] == pytest.approx(zeros / total, abs=1e-12)
+    assert summary["achieved_sparsity"] == pytest.approx(target, abs=1 / 64)  # rows of 64+
+    assert result.sparsity == pytest.approx(zeros / total, abs=1e-12)

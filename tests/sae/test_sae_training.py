@@ -128,14 +128,19 @@ def test_same_seed_same_weights(data):
 
 
 def test_b_dec_starts_at_geometric_median():
-    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0]])
-    median = geometric_median(points)
-    # the median is robust to the outlier; the mean is not
-    assert median.norm() < 1.0 < points.mean(0).norm()
-    cfg = make_config(total_tokens=256, lr=1e-12, b_dec_init="mean")
-    x = torch.randn(256, 8) + 3.0
-    trainer = SAETrainer(cfg).fit([x])
-    torch.testing.assert_close(trainer.sae_.b_dec.detach(), x.mean(0), atol=1e-6, rtol=0)
+    """The geometric median of the corners of a convex quadrilateral is where its diagonals
+    cross: (30/17, 24/17) for these corners, by hand; the mean (2.75, 1.5) and the
+    coordinate-wise median are elsewhere. Training with the default init puts b_dec there (lr
+    1e-12: the one Adam step moves it by about 1e-12)."""
+    corners = torch.tensor([[0.0, 0.0], [6.0, 0.0], [5.0, 4.0], [0.0, 2.0]])
+    crossing = torch.tensor([30 / 17, 24 / 17])
+    torch.testing.assert_close(geometric_median(corners), crossing, atol=1e-5, rtol=0)
+    assert (corners.mean(0) - crossing).norm() > 0.9
+    assert (corners.median(0).values - crossing).norm() > 0.9
+    cfg = make_config(d_sae=16, k=2, total_tokens=256, lr=1e-12)
+    assert cfg.b_dec_init == "geometric_median"  # the default
+    trainer = SAETrainer(cfg).fit([corners.repeat(64, 1)])  # [256, 2]
+    torch.testing.assert_close(trainer.sae_.b_dec.detach(), crossing, atol=1e-5, rtol=0)
 
 
 def test_token_batches_rebatches_and_skips():

@@ -64,12 +64,74 @@ def test_extreme_masks():
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_numpy_fallback_equals_faiss(shape, monkeypatch):
-    pytest.importorskip("faiss")
+    import faiss  # a declared dependency (faiss-cpu): missing it is a failure, not a skip
+
+    assert hamming._faiss() is faiss
     masks = feature_masks(pruned_matrix(*shape), warn_dense=False)
     other = masks[::-1][: max(1, masks.shape[0] // 2)]
     with_faiss = pairwise_hamming(masks, other)
     monkeypatch.setattr(hamming, "_faiss", lambda: None)
     np.testing.assert_array_equal(pairwise_hamming(masks, other), with_faiss)
+
+
+# The threaded path normally runs only above 2^30 byte comparisons (never in CPU tests);
+# ``threads`` forces it on small inputs, with blocks of ``block_rows`` rows that do not divide
+# the number of features, so the upper triangle is cut into ragged blocks that must be mirrored.
+@pytest.mark.parametrize("engine", ["faiss", "numpy"])
+@pytest.mark.parametrize("threads, block_rows", [(2, 7), (3, 16), (2, 1), (4, 200)])
+def test_threaded_path_against_itself_equals_scipy(threads, block_rows, engine, monkeypatch):
+    if engine == "numpy":
+        monkeypatch.setattr(hamming, "_faiss", lambda: None)
+    rng = np.random.default_rng(threads * 100 + block_rows)
+    masks = rng.random((45, 77)) < 0.4
+    ours = pairwise_hamming(masks, threads=threads, block_rows=block_rows)
+    assert ours.dtype == np.int32
+    np.testing.assert_array_equal(ours, scipy_counts(masks, masks))
+    np.testing.assert_array_equal(ours, ours.T)
+    # The same array passed twice takes the mirrored path too.
+    np.testing.assert_array_equal(
+        pairwise_hamming(masks, masks, threads=threads, block_rows=block_rows),
+        scipy_counts(masks, masks),
+    )
+
+
+@pytest.mark.parametrize("engine", ["faiss", "numpy"])
+@pytest.mark.parametrize("threads, block_rows", [(2, 7), (3, 16), (4, 200)])
+def test_threaded_path_two_sets_equals_scipy(threads, block_rows, engine, monkeypatch):
+    if engine == "numpy":
+        monkeypatch.setattr(hamming, "_faiss", lambda: None)
+    rng = np.random.default_rng(block_rows)
+    a, b = rng.random((39, 130)) < 0.5, rng.random((23, 130)) < 0.2
+    np.testing.assert_array_equal(
+        pairwise_hamming(a, b, threads=threads, block_rows=block_rows), scipy_counts(a, b)
+    )
+    # An equal copy is a different set for the engine: no mirroring, same numbers.
+    np.testing.assert_array_equal(
+        pairwise_hamming(a, a.copy(), threads=threads, block_rows=block_rows),
+        scipy_counts(a, a),
+    )
+
+
+def test_threads_one_and_default_agree_with_the_threaded_path():
+    masks = np.random.default_rng(3).random((50, 33)) < 0.5
+    forced = pairwise_hamming(masks, threads=2, block_rows=8)
+    np.testing.assert_array_equal(pairwise_hamming(masks, threads=1), forced)
+    np.testing.assert_array_equal(pairwise_hamming(masks), forced)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(threads=0), ValueError, "threads must be >= 1, got 0"),
+        (dict(threads=1.5), TypeError, "threads must be an int"),
+        (dict(block_rows=0), ValueError, "block_rows must be >= 1, got 0"),
+        (dict(block_rows=True), TypeError, "block_rows must be an int"),
+    ],
+    ids=["threads-0", "threads-float", "block-0", "block-bool"],
+)
+def test_threads_and_block_rows_are_validated(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        pairwise_hamming(np.zeros((3, 5), bool), **kwargs)
 
 
 def test_numpy_fallback_blocks_large_inputs(monkeypatch):

@@ -67,12 +67,18 @@ def _hamming_block(codes_a: np.ndarray, codes_b: np.ndarray, out: np.ndarray) ->
         out[start : start + step] = np.bitwise_count(xor).sum(axis=-1, dtype=np.int32)
 
 
-def _pairwise_cpu(codes_a: np.ndarray, codes_b: np.ndarray, block: int = 512) -> np.ndarray:
-    """All pairs in row blocks on every core; for a set against itself only the upper
-    triangle of blocks is computed and then mirrored (half the popcounts)."""
+def _pairwise_cpu(
+    codes_a: np.ndarray, codes_b: np.ndarray, block: int = 512, threads: int | None = None
+) -> np.ndarray:
+    """All pairs in row blocks of ``block`` on ``threads`` threads (None: every core, and only
+    above ``_PARALLEL_MIN_BYTES`` byte comparisons; 1: one single-threaded call). For a set
+    against itself only the upper triangle of blocks is computed and then mirrored (half the
+    popcounts)."""
     n_a, n_b = codes_a.shape[0], codes_b.shape[0]
     out = np.empty((n_a, n_b), dtype=np.int32)
-    if n_a * n_b * codes_a.shape[1] < _PARALLEL_MIN_BYTES:  # threads would cost more than they save
+    if threads is None:  # threads would cost more than they save on small comparisons
+        threads = _cpu_workers() if n_a * n_b * codes_a.shape[1] >= _PARALLEL_MIN_BYTES else 1
+    if threads == 1:
         _hamming_block(codes_a, codes_b, out)
         return out
     symmetric = codes_b is codes_a
@@ -84,7 +90,7 @@ def _pairwise_cpu(codes_a: np.ndarray, codes_b: np.ndarray, block: int = 512) ->
         _hamming_block(codes_a[lo:hi], codes_b[first_col:], rows)
         out[lo:hi, first_col:] = rows
 
-    with ThreadPoolExecutor(_cpu_workers()) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         list(pool.map(run, starts))
     if symmetric:
         for lo in starts:
@@ -101,13 +107,34 @@ def _pairwise_cuda(masks_a: np.ndarray, masks_b: np.ndarray, device: torch.devic
     return dist.round().to(torch.int32).cpu().numpy()
 
 
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
 def pairwise_hamming(
-    masks_a: np.ndarray, masks_b: np.ndarray | None = None, *, device: str | torch.device = "cpu"
+    masks_a: np.ndarray,
+    masks_b: np.ndarray | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    block_rows: int = 512,
 ) -> np.ndarray:
     """Hamming distances (number of differing positions) between every pair of features.
 
     masks_a: [Na, D] bool, masks_b: [Nb, D] bool (default: masks_a) -> [Na, Nb] int32.
+
+    On the CPU, ``threads`` chooses the path: None (default) runs one single-threaded call
+    below 2^30 byte comparisons and row blocks of ``block_rows`` on every core above; 1 always
+    runs the single call; n > 1 always runs the blocked path on n threads (a set against itself
+    then computes the upper triangle of blocks and mirrors it). Every path gives the same
+    integers. Both are ignored on CUDA.
     """
+    if threads is not None:
+        _check_positive_int("threads", threads)
+    _check_positive_int("block_rows", block_rows)
     masks_a = np.asarray(masks_a, dtype=bool)
     masks_b = masks_a if masks_b is None else np.asarray(masks_b, dtype=bool)
     if masks_a.ndim != 2 or masks_b.ndim != 2 or masks_a.shape[1] != masks_b.shape[1]:
@@ -121,7 +148,7 @@ def pairwise_hamming(
         return _pairwise_cuda(masks_a, masks_b, device)
     codes_a = pack_masks(masks_a)
     codes_b = codes_a if masks_b is masks_a else pack_masks(masks_b)
-    return _pairwise_cpu(codes_a, codes_b)
+    return _pairwise_cpu(codes_a, codes_b, block_rows, threads)
 
 
 def hamming_to(masks: np.ndarray, index: int, *, codes: np.ndarray | None = None) -> np.ndarray:
