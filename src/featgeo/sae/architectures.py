@@ -185,11 +185,11 @@ class SparseAutoencoder(nn.Module):
             return self
         return copy.deepcopy(self).to(device=device, dtype=torch.float32)
 
-    @torch.no_grad()
     def normalize_decoder_(self, eps: float = 1e-12) -> SparseAutoencoder:
         """Rescale every decoder row ``W_dec[i]`` to unit L2 norm in place; returns ``self``."""
-        norms = self.W_dec.norm(dim=-1, keepdim=True).clamp_min(eps)  # [d_sae, 1]
-        self.W_dec.div_(norms)
+        with torch.no_grad():  # not a decorator: mutmut skips decorated functions
+            norms = self.W_dec.norm(dim=-1, keepdim=True).clamp_min(eps)  # [d_sae, 1]
+            self.W_dec.div_(norms)
         return self
 
     def extra_repr(self) -> str:

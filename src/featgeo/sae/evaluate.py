@@ -78,7 +78,6 @@ def sae_layer(sae: SparseAutoencoder, layer: int | None) -> int:
     return sae_hook_point(sae, layer).layer
 
 
-@torch.no_grad()
 def evaluate_sae(
     sae: SparseAutoencoder,
     model: nn.Module,
@@ -98,28 +97,29 @@ def evaluate_sae(
     ``layer`` replaces the block number of the SAE's hook name (its kind, resid_pre or
     resid_post, stays); it is needed when the name has none.
     """
-    point = sae_hook_point(sae, layer)
-    check_layer(model, point.layer)
-    check_sae_matches_model(sae, model.config.hidden_size)
-    context_size = check_context_size(model, context_size)
-    dense_threshold = _check_fraction("--dense-threshold", dense_threshold)
-    for option, value in (("--tokens", max_tokens), ("--batch-size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{option} must be a positive int, got {value!r}")
-    device = next(model.parameters()).device
-    sae = sae.for_compute(device)  # float32; the caller's SAE is left as it is
-    stats = _Stats(sae.cfg.d_sae, device)
-    start = time.perf_counter()
-    bar = progress_bar(transient=True)
-    bar.disable = not progress
-    with bar:
-        task = bar.add_task("evaluating SAE", total=max_tokens, status="")
-        for chunks in _chunk_batches(
-            corpus, split, tokenizer, context_size, batch_size, max_tokens
-        ):
-            n = _evaluate_batch(model, sae, point, chunks, stats)
-            bar.update(task, advance=n, status=stats.status())
-    return stats.result(point, split, dense_threshold, time.perf_counter() - start)
+    with torch.no_grad():  # not a decorator: mutmut skips decorated functions
+        point = sae_hook_point(sae, layer)
+        check_layer(model, point.layer)
+        check_sae_matches_model(sae, model.config.hidden_size)
+        context_size = check_context_size(model, context_size)
+        dense_threshold = _check_fraction("--dense-threshold", dense_threshold)
+        for option, value in (("--tokens", max_tokens), ("--batch-size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{option} must be a positive int, got {value!r}")
+        device = next(model.parameters()).device
+        sae = sae.for_compute(device)  # float32; the caller's SAE is left as it is
+        stats = _Stats(sae.cfg.d_sae, device)
+        start = time.perf_counter()
+        bar = progress_bar(transient=True)
+        bar.disable = not progress
+        with bar:
+            task = bar.add_task("evaluating SAE", total=max_tokens, status="")
+            for chunks in _chunk_batches(
+                corpus, split, tokenizer, context_size, batch_size, max_tokens
+            ):
+                n = _evaluate_batch(model, sae, point, chunks, stats)
+                bar.update(task, advance=n, status=stats.status())
+        return stats.result(point, split, dense_threshold, time.perf_counter() - start)
 
 
 def _evaluate_batch(model, sae, point: HookPoint, chunks: list[Chunk], stats: _Stats) -> int:

@@ -214,18 +214,18 @@ def token_batches(
         yield torch.cat(pending)
 
 
-@torch.no_grad()
 def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-6):
     """Geometric median [d] of ``points`` [n, d] by Weiszfeld's algorithm (float64)."""
-    x = points.double()
-    median = x.mean(0)
-    for _ in range(max_iter):
-        weights = 1.0 / (x - median).norm(dim=1).clamp_min(1e-12)  # [n]
-        new = (weights[:, None] * x).sum(0) / weights.sum()
-        if (new - median).norm() <= tol * (1.0 + median.norm()):
-            return new.to(points.dtype)
-        median = new
-    return median.to(points.dtype)
+    with torch.no_grad():  # not a decorator: mutmut skips decorated functions
+        x = points.double()
+        median = x.mean(0)
+        for _ in range(max_iter):
+            weights = 1.0 / (x - median).norm(dim=1).clamp_min(1e-12)  # [n]
+            new = (weights[:, None] * x).sum(0) / weights.sum()
+            if (new - median).norm() <= tol * (1.0 + median.norm()):
+                return new.to(points.dtype)
+            median = new
+        return median.to(points.dtype)
 
 
 # -- trainer ---------------------------------------------------------------------------------
@@ -543,13 +543,13 @@ class _Step(torch.autograd.Function):
         return None, -(_rectangle(pre, threshold, ctx.bandwidth) * grad).sum(0), None
 
 
-@torch.no_grad()
 def _remove_parallel_grad(w_dec: torch.nn.Parameter) -> None:
     """Drop the gradient component along each (unit) decoder row, W_dec [d_sae, d_in]."""
     if w_dec.grad is None:
         return
-    parallel = (w_dec.grad * w_dec).sum(-1, keepdim=True)  # [d_sae, 1]
-    w_dec.grad.sub_(parallel * w_dec)
+    with torch.no_grad():  # not a decorator: mutmut skips decorated functions
+        parallel = (w_dec.grad * w_dec).sum(-1, keepdim=True)  # [d_sae, 1]
+        w_dec.grad.sub_(parallel * w_dec)
 
 
 def _chain(first: torch.Tensor, rest: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
