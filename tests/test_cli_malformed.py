@@ -46,7 +46,10 @@ PATH_PARAMS = INPUT_FOLDERS | INPUT_FILES | OUTPUT_FOLDERS | OUTPUT_FILES
 
 # Malformed values by kind of parameter. ``{tmp}`` is the test's own folder.
 BAD_INPUTS = ["missing", "empty-file", "text-file", "empty-dir", "bad-json-dir"]
-BAD_OUTPUT_FOLDERS = ["text-file", "under-a-file"]
+BAD_OUTPUT_FOLDERS = ["text-file", "under-a-file", "foreign-dir"]
+# A user's folder with a file at each level a command replaces as a whole: the folder itself
+# (scan, seeds, report, corpus, SAE), a method folder (prune), a clusters_{n} folder (cluster).
+FOREIGN = ("notes.txt", "wanda/notes.txt", "clusters_2/notes.txt")
 BAD_OUTPUT_FILES = ["empty-dir", "under-a-file"]
 # A text file is a valid one-document corpus; a binary file is not.
 TEXT_IS_VALID = {"--corpus", "--from"}
@@ -160,6 +163,11 @@ def bad_value(kind: str, tmp: Path) -> Path:
         for name in ("cfg.json", "config.json", "manifest.json", "corpus.json"):
             (folder / name).write_text('{"d_in": 64, "hook_name": ')
         return folder
+    if kind == "foreign-dir":
+        for name in FOREIGN:
+            (bad / "foreign" / name).parent.mkdir(parents=True, exist_ok=True)
+            (bad / "foreign" / name).write_text("the user's own notes\n")
+        return bad / "foreign"
     if kind == "under-a-file":
         (bad / "file").write_text("a file, not a folder\n")
         return bad / "file" / "inside"
@@ -240,6 +248,9 @@ def test_malformed_path(command, key, kind, valid, tmp_path):
     assert_one_line_error(result, command)
     written = [p for p in (tmp_path / "work").rglob("*")]
     assert not written, f"files written before the error: {written}"
+    if kind == "foreign-dir":  # refused, and nothing of the user's was touched
+        for name in FOREIGN:
+            assert (Path(args[key]) / name).read_text() == "the user's own notes\n", name
 
 
 def test_every_command_is_covered(valid, tmp_path):

@@ -134,6 +134,39 @@ def check_output_file(path: str | os.PathLike | None, option: str) -> None:
             )
 
 
+def check_output_dir(
+    path: str | os.PathLike, option: str, *, signature: tuple[str, ...] = ()
+) -> None:
+    """Refuse, before any work, an output folder that featgeo would have to clobber.
+
+    A command replaces its output folder as a whole (:func:`staging_dir`), so ``path`` must be
+    new, an empty folder, or a folder this kind of command wrote before: one holding any of
+    the ``signature`` files (relative paths, e.g. ``("scan.csv",)``). An existing file, a path
+    under a file, or a folder of someone else's files is an input error naming ``option``.
+
+    Raises:
+        NotADirectoryError: ``path`` is a file or lies under one.
+        FileExistsError: ``path`` is a non-empty folder without any signature file.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{option} '{path}' is a file; pass a folder path")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(
+                f"{option} '{path}' lies under '{parent}', which is a file; pass a folder path"
+            )
+    if not path.is_dir() or any((path / name).exists() for name in signature):
+        return
+    names = sorted(p.name for p in path.iterdir())
+    if names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise FileExistsError(
+            f"{option} '{path}' already holds files that featgeo did not write there ({shown}), "
+            "and the output folder is replaced as a whole; pass a new or empty folder"
+        )
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)

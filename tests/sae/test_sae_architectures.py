@@ -65,7 +65,7 @@ def test_bad_config(overrides, error, match):
 
 
 def test_topk_needs_k():
-    with pytest.raises(ValueError, match="'topk' needs --k"):
+    with pytest.raises(ValueError, match=r"'topk' needs k \(latents"):
         SAEConfig(d_in=4, d_sae=8, architecture="topk")
 
 

@@ -248,7 +248,7 @@ def _write(tmp_path, name, hook):
         ("blocks.1.hook_resid_pre", "blocks.1.hook_resid_pre: input of block 1 (= output of block"),
         ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_pre: input of block 0 (= the embeddings)"),
         ("model.layers.1", "model.layers.1 = blocks.1.hook_resid_post: output of block 1"),
-        ("model.norm", "model.norm: names no layer (pass --layer L)"),
+        ("model.norm", "model.norm: names no layer (sae eval, store and cluster need --layer"),
     ],
 )
 def test_load_shows_the_interpreted_hook(hook, shown, tmp_path):

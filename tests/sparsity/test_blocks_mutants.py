@@ -1,42 +1,11 @@
 """Tests written to kill the mutants that survived `make mutate MODULES=sparsity.blocks`
-(docs/testing.md): the greedy ordering against a plain-Python statement of its rule, the
-k-means ordering against sklearn called directly."""
+(docs/testing.md): the k-means ordering against sklearn called directly (the greedy ordering
+is checked against its plain-Python statement in test_oracles.py)."""
 
 import numpy as np
-import pytest
 from sklearn.cluster import KMeans
 
-from featgeo.sparsity.blocks import greedy_union_order, kmeans_block_order
-
-
-def greedy_by_hand(masks: np.ndarray, block_size: int) -> list[int]:
-    """Start each block at the free feature with the fewest non-zeros (lowest index on ties),
-    then add block_size - 1 times the free feature adding the fewest new non-zero positions to
-    the block's union (lowest index on ties)."""
-    masks = [set(np.flatnonzero(row).tolist()) for row in masks]
-    free = list(range(len(masks)))
-    order = []
-    while free:
-        first = min(free, key=lambda i: (len(masks[i]), i))
-        free.remove(first)
-        order.append(first)
-        union = set(masks[first])
-        for _ in range(block_size - 1):
-            if not free:
-                break
-            chosen = min(free, key=lambda i: (len(masks[i] - union), i))
-            free.remove(chosen)
-            order.append(chosen)
-            union |= masks[chosen]
-    return order
-
-
-@pytest.mark.parametrize("block_size", [2, 3, 4])
-def test_greedy_union_order_follows_its_rule(block_size):
-    # Density varies per row, so the union (not the last row alone) decides what is added.
-    rng = np.random.default_rng(0)
-    masks = rng.random((23, 70)) < rng.uniform(0.1, 0.6, size=(23, 1))
-    assert greedy_union_order(masks, block_size).tolist() == greedy_by_hand(masks, block_size)
+from featgeo.sparsity.blocks import kmeans_block_order
 
 
 def test_kmeans_block_order_is_sklearn_kmeans_with_seed_zero():

@@ -17,6 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from featgeo.cli import app
+from featgeo.sparsity.blocks import greedy_union_order
 
 runner = CliRunner()
 D, N = 40, 44  # 44 features: five blocks of 8 and a last, shorter block of 4
@@ -214,3 +215,11 @@ def test_single_and_multi_report_the_zero_fraction(exports, tmp_path, level, com
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(multi.read_text())["matrix"]["sparsity"] == pytest.approx(level, abs=1e-12)
+
+
+@pytest.mark.parametrize("block_size", [2, 3, 4])
+def test_greedy_union_order_follows_its_rule(block_size):
+    # Density varies per row, so the union (not the last row alone) decides what is added.
+    rng = np.random.default_rng(0)
+    masks = rng.random((23, 70)) < rng.uniform(0.1, 0.6, size=(23, 1))
+    assert greedy_union_order(masks, block_size).tolist() == brute_greedy_order(masks, block_size)

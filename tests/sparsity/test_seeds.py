@@ -240,7 +240,7 @@ def test_refuses_to_replace_a_foreign_folder(matrices, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not a multi-seed clustering result"):
+    with pytest.raises(FileExistsError, match="already holds files that featgeo did not write"):
         run_seeds(matrices, method="wanda", component="mlp.down_proj", output_dir=out, **SMALL)
     assert (out / "notes.txt").read_text() == "keep me"
 

@@ -125,7 +125,8 @@ def load(path: str = SAE_PATH) -> None:
         same = cfg.hook_name == point.name
         hook = point.describe() if same else f"{cfg.hook_name} = {point.describe()}"
     except HookNameError:  # no layer in the name: eval / store / cluster need --layer
-        hook = f"{cfg.hook_name or '(not recorded)'}: names no layer (pass --layer L)"
+        recorded = cfg.hook_name or "(not recorded)"
+        hook = f"{recorded}: names no layer (sae eval, store and cluster need --layer L)"
     table = Table(title=f"SAE {path}", show_header=False)
     norms = sae.W_dec.detach().norm(dim=1)
     rows = [
@@ -158,11 +159,12 @@ def evaluate(
 ) -> None:
     """FVE, L0, dead/dense latents and CE loss recovered on held-out text."""
     from featgeo.corpus import load_corpus
-    from featgeo.files import write_json
+    from featgeo.files import check_output_file, write_json
     from featgeo.models.loading import load_model, load_tokenizer, resolve_device
     from featgeo.sae.evaluate import evaluate_sae
     from featgeo.sae.saelens_format import load_sae
 
+    check_output_file(json_out, "--json")  # before the evaluation, not after it
     sae = load_sae(path)
     model = _model_for(sae, model)
     torch_device = resolve_device(device)
@@ -262,11 +264,12 @@ def cluster(
 ) -> None:
     """Cluster live latents by their L2-normalised decoder directions; write per-cluster metrics."""
     from featgeo.sae.cluster_methods import get_cluster_method
-    from featgeo.sae.cluster_run import cluster_sae, parse_n_clusters
+    from featgeo.sae.cluster_run import check_cluster_out, cluster_sae, parse_n_clusters
     from featgeo.sae.saelens_format import load_sae
 
     counts = parse_n_clusters(n_clusters)
     get_cluster_method(method)
+    check_cluster_out(out, counts)  # before the store is built
     sae = load_sae(path)
     too_many = [n for n in counts if n > sae.cfg.d_sae]
     if too_many:

@@ -36,7 +36,7 @@ from featgeo.corpus.documents import (
     content_fingerprint,
 )
 from featgeo.errors import InputError
-from featgeo.files import read_json, staging_dir, write_json, write_text
+from featgeo.files import check_output_dir, read_json, staging_dir, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +126,8 @@ def build_from_files(
 
 
 def _check_out(out: Path) -> None:
-    """``out`` becomes a folder: refuse a path that is (or lies under) an existing file."""
-    for path in (out, *out.parents):
-        if path.exists() and not path.is_dir():
-            raise NotADirectoryError(
-                f"--out '{out}' cannot be a corpus folder: '{path}' is an existing file; "
-                "pass a folder path"
-            )
+    """``out`` becomes a corpus folder: refuse a file, or a folder of other files."""
+    check_output_dir(out, "--out", signature=("manifest.json",))
 
 
 def write_corpus(

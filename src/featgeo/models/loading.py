@@ -75,6 +75,18 @@ def _check_config_json(path: Path, spec: str) -> None:
             f"model path '{spec}': {path.name} holds a {type(config).__name__}, not a JSON "
             "object; restore the file written by save_pretrained"
         )
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type:
+        import transformers
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        # Without this check transformers' own error ends in a truncated "pip install
+        # --upgrade transformers" that the CLI cannot act on.
+        if model_type not in CONFIG_MAPPING:
+            raise ValueError(
+                f"model '{spec}': transformers does not know model_type '{model_type}'; "
+                f"featgeo needs a model transformers {transformers.__version__} can load"
+            )
 
 
 def _hub_source(hub_id: str) -> str:

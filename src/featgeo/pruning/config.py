@@ -47,7 +47,7 @@ class PruneConfig:
     eval_split: str = "eval"
     """Split used for perplexity."""
     eval_windows: int | None = 32
-    """At most this many evaluation windows (None: the whole split)."""
+    """At most this many evaluation windows (None or 0: the whole split)."""
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     """Where the heavy work runs."""
     save_model: bool = False
@@ -86,8 +86,12 @@ class PruneConfig:
                 )
         if self.seqlen < 2:
             raise ValueError(f"--seqlen must be >= 2, got {self.seqlen}")
-        if self.eval_windows is not None and self.eval_windows < 1:
-            raise ValueError(f"--eval-windows must be >= 1, got {self.eval_windows}")
+        if self.eval_windows is not None and self.eval_windows < 0:
+            raise ValueError(
+                f"--eval-windows must be >= 0 (0 scores the whole split), got {self.eval_windows}"
+            )
+        if self.eval_windows == 0:  # as on the command line: 0 means the whole split
+            self.eval_windows = None
 
     @property
     def nm_pattern(self) -> tuple[int, int] | None:

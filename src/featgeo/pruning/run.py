@@ -20,7 +20,14 @@ from torch import nn
 
 from featgeo import __version__
 from featgeo.corpus.windows import calibration_windows, eval_windows, split_tokens
-from featgeo.files import partial_dir, read_json, replace_dir, save_tensor, write_json
+from featgeo.files import (
+    check_output_dir,
+    partial_dir,
+    read_json,
+    replace_dir,
+    save_tensor,
+    write_json,
+)
 from featgeo.models import (
     check_component_inputs,
     decoder_layers,
@@ -91,9 +98,14 @@ def prepare(config: PruneConfig) -> PreparedRun:
     from featgeo.corpus import load_corpus
 
     t0 = time.perf_counter()
+    # The export root may hold anything; each method's folder is replaced as a whole.
     if Path(config.out).exists() and not Path(config.out).is_dir():
         raise NotADirectoryError(
             f"--out '{config.out}' exists and is not a folder; pass a folder path"
+        )
+    for method in config.methods:
+        check_output_dir(
+            Path(config.out) / method, f"--out (its '{method}' folder)", signature=(SUMMARY,)
         )
     device = resolve_device(config.device)
     resolved = resolve_model(config.model)

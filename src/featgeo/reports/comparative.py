@@ -107,6 +107,11 @@ def load_results(results_dir: str | os.PathLike) -> list[MatrixRow]:
     """One row per ``featgeo hamming multi`` JSON in ``results_dir`` (sorted by file name);
     JSON files of another kind are skipped with a log line."""
     folder = Path(results_dir)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"--results-dir '{folder}' is a file, not a folder; pass the folder that holds "
+            "the `featgeo hamming multi --output-json` results"
+        )
     if not folder.is_dir():
         raise FileNotFoundError(
             f"--results-dir '{folder}' does not exist; write results there first with "
@@ -602,6 +607,11 @@ def build_report(
                 f"{type(section).__name__}"
             )
     rows = load_results(results_dir)
+    if seeds_dir is not None and Path(seeds_dir).exists() and not Path(seeds_dir).is_dir():
+        raise NotADirectoryError(
+            f"--seeds-dir '{seeds_dir}' is a file, not a folder; pass the folder written by "
+            "`featgeo hamming seeds --output-dir DIR`, or leave --seeds-dir out"
+        )
     if seeds_dir is not None and not Path(seeds_dir).is_dir():
         raise FileNotFoundError(f"--seeds-dir '{seeds_dir}' does not exist")
     if seeds_dir is not None and not find_seed_summaries(seeds_dir):

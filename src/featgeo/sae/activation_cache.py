@@ -146,8 +146,9 @@ def shuffled_batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[t
     n = acts.shape[0]
     if n < batch_size:
         raise ValueError(
-            f"only {n} activation rows for a batch size of {batch_size}; collect more tokens "
-            "or lower --batch-size"
+            f"only {n} activation rows for a batch size of {batch_size}; pass a larger "
+            "--tokens / --activation-tokens, or a corpus whose split has more text, or lower "
+            "--batch-size"
         )
     epoch = 0
     while True:

@@ -192,9 +192,12 @@ def iter_activation_batches(
     """
     layer = check_layer(model, layer)
     hook = check_hook_kind(hook)
-    batch_size = _check_int("--batch-size", batch_size, 1)
+    # Library names, not options: each command checks its own option (sae eval --tokens /
+    # --batch-size, --store-tokens, sae train --activation-tokens) before it gets here, and
+    # sae store / cluster / train collect with a fixed batch size.
+    batch_size = _check_int("batch_size", batch_size, 1)
     if max_tokens is not None:
-        max_tokens = _check_int("--max-tokens", max_tokens, 1)
+        max_tokens = _check_int("max_tokens", max_tokens, 1)
     context_size = check_context_size(model, context_size)
     model_device = next(model.parameters()).device
     if device is not None and torch.device(device).type != model_device.type:

@@ -25,6 +25,7 @@ the number of clusters that exist (one CSV row each), never the request.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from featgeo.files import staging_dir, write_csv, write_json
+from featgeo.files import check_output_dir, staging_dir, write_csv, write_json
 from featgeo.sae.architectures import SparseAutoencoder
 from featgeo.sae.cluster_methods import CLUSTER_METHODS, get_cluster_method, make_clusterer
 from featgeo.sae.cluster_metrics import activation_pca_rank, cluster_table
@@ -220,6 +221,7 @@ def cluster_sae(
     """
     get_cluster_method(method)
     n_clusters = parse_n_clusters(n_clusters)
+    check_cluster_out(out, n_clusters)
     if store.d_sae != sae.cfg.d_sae:
         raise ValueError(
             f"the store holds codes of {store.d_sae} latents but the SAE has {sae.cfg.d_sae}; "
@@ -286,6 +288,14 @@ def cluster_sae(
     return results
 
 
+def check_cluster_out(out: str | os.PathLike, n_clusters: list[int]) -> None:
+    """Refuse, before any work, an ``--out`` that is (or lies under) a file, or whose
+    ``clusters_{n}`` folders hold someone else's files (each is replaced as a whole)."""
+    out = Path(out)
+    for n in n_clusters:
+        check_output_dir(out / f"clusters_{n}", "--out", signature=("clustering.json",))
+
+
 def _write_clustering(folder: Path, labels, metrics, info) -> None:
     assignments = [{"latent_id": i, "cluster_id": int(c)} for i, c in enumerate(labels)]
     with staging_dir(folder) as tmp:
@@ -295,6 +305,7 @@ def _write_clustering(folder: Path, labels, metrics, info) -> None:
 
 
 __all__ = [
+    "check_cluster_out",
     "ASSIGNMENT_COLUMNS",
     "CLUSTER_METHODS",
     "METRIC_COLUMNS",

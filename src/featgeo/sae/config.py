@@ -62,7 +62,7 @@ class SAEConfig:
         get_architecture(self.architecture)  # lists the valid names when unknown
         if self.architecture == "topk":
             if self.k is None:
-                raise ValueError("architecture 'topk' needs --k (latents kept per token)")
+                raise ValueError("architecture 'topk' needs k (latents kept per token)")
             if isinstance(self.k, bool) or not isinstance(self.k, int):
                 raise TypeError(f"k must be an int, got {type(self.k).__name__} {self.k!r}")
             if self.k < 1:

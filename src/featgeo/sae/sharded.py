@@ -111,7 +111,16 @@ def open_arrays(folder: Path, names: Iterable[str], what: str):
             f"{what} '{folder}' is incomplete or of format version "
             f"{header.get('format_version')!r} (expected {FORMAT_VERSION}); rebuild it"
         )
-    arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in names}
+    arrays = {}
+    for name in names:
+        try:
+            arrays[name] = np.load(folder / f"{name}.npy", mmap_mode="r")
+        except (EOFError, OSError, ValueError) as exc:  # EOFError would print click's "Aborted."
+            raise ValueError(
+                f"{what} '{folder}': {name}.npy is not a readable .npy file "
+                f"({type(exc).__name__}: empty, truncated or missing); delete '{folder}' so "
+                "that it is rebuilt"
+            ) from None
     return header, arrays
 
 

@@ -66,7 +66,10 @@ def store_key(
 
     ``hook`` is where in block ``layer`` the activations are read (``resid_pre``: its input,
     ``resid_post``: its output), so stores of the two are never confused.
+    ``max_tokens`` (``--store-tokens`` of ``sae store`` / ``sae cluster``; ``None``: the whole
+    split) is checked here, before the model loads.
     """
+    max_tokens = check_store_tokens(max_tokens)
     fields = {
         "format_version": FORMAT_VERSION,
         "model": model_fingerprint,
@@ -80,6 +83,24 @@ def store_key(
     }
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def check_store_tokens(max_tokens: int | None) -> int | None:
+    """The token budget of a store: ``None`` (the whole split) or an int >= 1. The commands
+    that build stores pass ``--store-tokens`` (0 there means the whole split, i.e. ``None``)."""
+    if max_tokens is None:
+        return None
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int | np.integer):
+        raise TypeError(
+            f"--store-tokens must be an int, got {type(max_tokens).__name__} {max_tokens!r}"
+        )
+    if max_tokens < 0:
+        raise ValueError(
+            f"--store-tokens must be >= 0 (0 stores the whole split), got {max_tokens}"
+        )
+    if max_tokens == 0:  # a library call: the CLI turns 0 into None
+        raise ValueError("max_tokens must be >= 1, or None to store the whole split; got 0")
+    return int(max_tokens)
 
 
 def default_store_dir(key: str) -> Path:

@@ -24,7 +24,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from featgeo.files import read_json
+import numpy as np
+
+from featgeo.files import check_output_dir, read_json
 from featgeo.sae.activation_cache import (
     build_activation_cache,
     default_cache_dir,
@@ -100,7 +102,15 @@ def train_sae(
     if not isinstance(train, TrainConfig):
         raise TypeError(f"train must be a TrainConfig, got {type(train).__name__}")
     hook = check_hook_kind(hook)
+    activation_tokens = _check_activation_tokens(activation_tokens, train.batch_size)
+    if activation_tokens is None and train.total_tokens < train.batch_size:
+        raise ValueError(
+            f"--tokens {train.total_tokens} is less than --batch-size {train.batch_size} (the "
+            "tokens of one optimizer step); pass a larger --tokens or lower --batch-size"
+        )
     out = Path(out)
+    # --force replaces an SAE trained with other settings, never a folder of other files.
+    check_output_dir(out, "--out", signature=("cfg.json", TRAINING_FILENAME))
     torch_device = resolve_device(device)
     resolved = resolve_model(model)
     corpus_data = load_corpus(corpus)
@@ -179,6 +189,30 @@ def train_sae(
     save_sae(trainer.sae_, out, extra_json={TRAINING_FILENAME: summary})
     shutil.rmtree(checkpoint, ignore_errors=True)
     return SAETrainResult(out, trainer.sae_, summary)
+
+
+def _check_activation_tokens(activation_tokens: int | None, batch_size: int) -> int | None:
+    """``--activation-tokens``: None (collect ``--tokens``) or at least one optimizer step's
+    worth of tokens; checked before anything is loaded."""
+    if activation_tokens is None:
+        return None
+    if isinstance(activation_tokens, bool) or not isinstance(activation_tokens, int | np.integer):
+        raise TypeError(
+            f"--activation-tokens must be an int, got {type(activation_tokens).__name__} "
+            f"{activation_tokens!r}"
+        )
+    if activation_tokens < 1:
+        raise ValueError(
+            f"--activation-tokens must be >= 1, got {activation_tokens}; leave it out to "
+            "collect --tokens tokens"
+        )
+    if activation_tokens < batch_size:
+        raise ValueError(
+            f"--activation-tokens {activation_tokens} is less than --batch-size {batch_size} "
+            "(the tokens of one optimizer step); pass a larger --activation-tokens or lower "
+            "--batch-size"
+        )
+    return int(activation_tokens)
 
 
 def _discard_other_checkpoint(checkpoint: Path, cfg: TrainConfig, force: bool) -> None:

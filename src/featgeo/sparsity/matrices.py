@@ -32,6 +32,11 @@ def load_matrix(path: str | os.PathLike) -> torch.Tensor:
     that use weight values (``--cluster-on weights``) upcast them to float64 through torch.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"matrix file '{path}' is a folder; pass a matrix file inside it, e.g. one exported "
+            "by `featgeo prune` ({out}/{method}/layer{L}-{component}.pt)"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"matrix file '{path}' does not exist; pass a file exported by "
@@ -48,21 +53,59 @@ def load_matrix(path: str | os.PathLike) -> torch.Tensor:
     elif suffix == ".safetensors":
         matrix = _load_safetensors(path)
     else:
-        try:
-            matrix = torch.from_numpy(np.load(path, allow_pickle=False))
-        except ValueError as exc:
-            raise ValueError(f"'{path}' is not a plain numeric .npy array ({exc})") from None
+        matrix = _load_npy(path)
     return validate_matrix(matrix, name=str(path))
+
+
+_NOT_READABLE = "it is empty, truncated or not written by {writer}"
+
+
+def _load_npy(path: Path) -> torch.Tensor:
+    # np.load raises EOFError on an empty file (which click would turn into "Aborted."),
+    # ValueError on a bad header or object data, OSError/UnpicklingError on other bytes.
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        if isinstance(exc, ValueError) and "allow_pickle" in str(exc) and _is_npy(path):
+            raise ValueError(
+                f"'{path}' holds an object (pickled) array, not a numeric matrix; save the "
+                "matrix with np.save(path, numeric_array)"
+            ) from None
+        raise ValueError(
+            f"'{path}' is not a readable .npy file ({_NOT_READABLE.format(writer='np.save')}); "
+            "save the matrix with np.save(path, array)"
+        ) from None
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"'{path}' is not a plain .npy array; save the matrix with np.save")
+    try:
+        return torch.from_numpy(array)
+    except TypeError:
+        raise TypeError(
+            f"'{path}' holds a .npy array of dtype {array.dtype}, not numbers; save a numeric "
+            "matrix with np.save(path, array)"
+        ) from None
+
+
+def _is_npy(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(6) == b"\x93NUMPY"
 
 
 def _load_torch(path: Path) -> torch.Tensor:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - garbage bytes reach the unpickler's KeyError etc.
+        # torch's own messages are long (a paragraph about PyTorch 2.6) and would be cut
+        # mid-word: say in one clean sentence which of the two problems it is.
+        if "Unsupported global" in str(exc):
+            raise ValueError(
+                f"'{path}' holds Python objects, not a plain tensor, and was refused by "
+                "weights_only loading; save the matrix itself with torch.save(tensor, path)"
+            ) from None
         raise ValueError(
-            f"'{path}' is not a plain tensor file and was refused by weights_only loading "
-            f"({first[:120]}); save the matrix with torch.save(tensor, path)"
+            f"'{path}' is not a readable .pt tensor file "
+            f"({_NOT_READABLE.format(writer='torch.save')}); save the matrix with "
+            "torch.save(tensor, path)"
         ) from None
     if not isinstance(obj, torch.Tensor):
         raise ValueError(
@@ -78,8 +121,12 @@ def _load_safetensors(path: Path) -> torch.Tensor:
 
     try:
         tensors = load_file(path)
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"'{path}' is not a readable safetensors file ({exc})") from None
+    except (SafetensorError, OSError, ValueError, EOFError) as exc:
+        detail = " ".join(str(exc).split())[:100]
+        raise ValueError(
+            f"'{path}' is not a readable .safetensors file ({detail}); save the matrix with "
+            "safetensors.torch.save_file({'weight': tensor}, path)"
+        ) from None
     if len(tensors) != 1:
         raise ValueError(
             f"'{path}' holds {len(tensors)} tensors ({', '.join(sorted(tensors))}); "

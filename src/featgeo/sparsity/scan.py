@@ -30,7 +30,15 @@ import numpy as np
 import torch
 
 from featgeo import __version__
-from featgeo.files import atomic_path, partial_dir, read_json, staging_dir, write_json, write_text
+from featgeo.files import (
+    atomic_path,
+    check_output_dir,
+    partial_dir,
+    read_json,
+    staging_dir,
+    write_json,
+    write_text,
+)
 from featgeo.models.components import COMPONENTS
 from featgeo.progress import progress_bar
 from featgeo.sparsity.blocks import ORDERINGS
@@ -313,6 +321,7 @@ def run_scan(
     jobs = discover_matrices(config.matrices_dir, config.methods)  # validates before writing
     start = time.perf_counter()
     final = Path(config.out)
+    check_output_dir(final, "--out", signature=(CSV_NAME, CONFIG_NAME))
     done = _resumable_rows(partial_dir(final), config.settings())
     rows = {job.key: done[job.key] for job in jobs if job.key in done}
     resumed = len(rows)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featgeo.files import read_json, staging_dir, write_json
+from featgeo.files import check_output_dir, read_json, staging_dir, write_json
 from featgeo.sparsity.analysis import ClusterOn, analyze_feature
 from featgeo.sparsity.executions import LoadedMatrix, aggregate_metrics, load_features
 from featgeo.sparsity.matrices import SUPPORTED_SUFFIXES, Axis
@@ -257,6 +257,22 @@ def run_seeds(
 
 def _load(config: SeedsConfig) -> LoadedMatrix:
     path = config.matrix_path
+    matrices_dir = Path(config.matrices_dir)
+    if matrices_dir.exists() and not matrices_dir.is_dir():
+        raise NotADirectoryError(
+            f"--matrices-dir '{matrices_dir}' is a file, not a folder; pass the folder "
+            "`featgeo prune --out` exported to (it holds {method}/layer{L}-{component}.pt)"
+        )
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(
+            f"'{path.parent}' is a file, not the folder of --method {config.method}'s "
+            "matrices; pass the folder `featgeo prune --out` exported to as --matrices-dir"
+        )
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"matrix file '{path}' is a folder; pass the folder `featgeo prune --out` "
+            "exported to as --matrices-dir"
+        )
     if not path.is_file():
         prefix = f"layer{config.layer}-"
         exported = sorted(
@@ -280,13 +296,7 @@ def _load(config: SeedsConfig) -> LoadedMatrix:
 
 def _check_output_dir(out: Path) -> None:
     """Refuse to replace a folder that is not a finished tree of this command."""
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--output-dir '{out}' exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "summary/metrics_summary.json").is_file():
-        raise ValueError(
-            f"--output-dir '{out}' already holds files that are not a multi-seed clustering "
-            "result; it would be replaced, so pass an empty or new folder"
-        )
+    check_output_dir(out, "--output-dir", signature=("summary/metrics_summary.json",))
 
 
 def _mask_digest(masks: np.ndarray) -> str:
