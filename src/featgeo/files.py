@@ -127,11 +127,7 @@ def check_output_file(path: str | os.PathLike | None, option: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{option} '{path}' is a folder; pass a file path")
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise NotADirectoryError(
-                f"{option} '{path}' lies under '{parent}', which is a file; pass a path in a folder"
-            )
+    _check_no_file_above(path, option, "a path in a folder")
 
 
 def check_output_dir(
@@ -151,11 +147,7 @@ def check_output_dir(
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{option} '{path}' is a file; pass a folder path")
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise NotADirectoryError(
-                f"{option} '{path}' lies under '{parent}', which is a file; pass a folder path"
-            )
+    _check_no_file_above(path, option, "a folder path")
     if not path.is_dir() or any((path / name).exists() for name in signature):
         return
     names = sorted(p.name for p in path.iterdir())
@@ -165,6 +157,14 @@ def check_output_dir(
             f"{option} '{path}' already holds files that featgeo did not write there ({shown}), "
             "and the output folder is replaced as a whole; pass a new or empty folder"
         )
+
+
+def _check_no_file_above(path: Path, option: str, expected: str) -> None:
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(
+                f"{option} '{path}' lies under '{parent}', which is a file; pass {expected}"
+            )
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -317,7 +317,3 @@ def model_info(model: nn.Module) -> ModelInfo:
         other_projections=projections.conv1d,
         prune_refusal=refusal,
     )
-
-
-def weight_sparsity(weight: torch.Tensor) -> float:
-    return float((weight == 0).sum().item()) / weight.numel()

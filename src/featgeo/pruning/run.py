@@ -37,7 +37,6 @@ from featgeo.models import (
     parse_components,
     parse_layers,
 )
-from featgeo.models.components import weight_sparsity
 from featgeo.models.loading import load_tokenizer, model_fingerprint, resolve_device, resolve_model
 from featgeo.models.perplexity import perplexity
 from featgeo.progress import progress_bar
@@ -354,7 +353,7 @@ def _summary(prep, model, method, settings, dense_ppl, pruned_ppl, seconds, stat
                 "component": name,
                 "file": matrix_filename(index, name),
                 "shape": list(weight.shape),
-                "sparsity": weight_sparsity(weight),
+                "sparsity": n_zero / weight.numel(),
                 **stats.get(f"{index}-{name}", {"dense_zeros": None, "dead_inputs": None}),
             }
             entry["reasons_above_target"] = _reasons_above_target(
