@@ -38,6 +38,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from featgeo.activations.cache import (
+    build_activation_cache,
+    default_cache_dir,
+    find_activation_cache,
+)
+from featgeo.activations.collect import document_chunks, iter_activation_batches
+from featgeo.activations.store import build_store
 from featgeo.corpus import load_corpus
 from featgeo.models.loading import (
     load_model,
@@ -47,13 +54,6 @@ from featgeo.models.loading import (
     resolve_model,
 )
 from featgeo.sae import SAEConfig, SparseAutoencoder, load_sae
-from featgeo.sae.activation_cache import (
-    build_activation_cache,
-    default_cache_dir,
-    find_activation_cache,
-)
-from featgeo.sae.activations import document_chunks, iter_activation_batches
-from featgeo.sae.store import build_store
 from featgeo.sae.training import SAETrainer, TrainConfig
 
 PEER_SCRIPT = Path(__file__).with_name("_saelens_peer.py")

@@ -142,8 +142,10 @@ def sae_lens():
 
     if os.environ.get("FEATGEO_REQUIRE_SAELENS"):
         return importlib.import_module("sae_lens")
-    return pytest.importorskip("sae_lens", reason="sae-lens is not installed here (make test "
-                               "runs these tests in .bench/saelens)")
+    return pytest.importorskip(
+        "sae_lens",
+        reason="sae-lens is not installed here (make test runs these tests in .bench/saelens)",
+    )
 
 
 @pytest.fixture(scope="module")

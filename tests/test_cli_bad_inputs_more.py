@@ -137,7 +137,7 @@ def test_negative_store_tokens_names_store_tokens(
 
 
 def test_store_key_checks_the_budget():
-    from featgeo.sae.store import store_key
+    from featgeo.activations.store import store_key
 
     with pytest.raises(ValueError, match="--store-tokens must be >= 0"):
         store_key("m", "e", "c", "sae_train", 0, 32, -1)
@@ -191,7 +191,7 @@ def test_activation_tokens_below_batch_size(tiny_llama, text_corpus, tmp_path):
 
 
 def test_too_few_activation_rows_names_options_of_sae_train():
-    from featgeo.sae.activation_cache import shuffled_batches
+    from featgeo.activations.cache import shuffled_batches
 
     with pytest.raises(ValueError) as info:
         next(shuffled_batches(np.zeros((5, 4), np.float32), 64, 0))
@@ -294,7 +294,7 @@ def test_unknown_model_type(args, tiny_llama, tmp_path):
 
 
 def test_a_truncated_store_array_is_one_error(tmp_path):
-    from featgeo.sae.sharded import FORMAT_VERSION, HEADER, open_arrays
+    from featgeo.activations.sharded import FORMAT_VERSION, HEADER, open_arrays
 
     (tmp_path / HEADER).write_text(json.dumps({"format_version": FORMAT_VERSION, "complete": True}))
     (tmp_path / "acts.npy").write_bytes(b"")

@@ -10,10 +10,10 @@ import pytest
 import torch
 from eval_oracle import recompute
 
+from featgeo.activations.store import build_sae_store
 from featgeo.corpus import load_corpus
 from featgeo.models import load_model, load_tokenizer
 from featgeo.sae import load_sae, train_run
-from featgeo.sae.cluster_run import build_sae_store
 from featgeo.sae.evaluate import evaluate_sae
 from featgeo.sae.training import TrainConfig
 
@@ -74,7 +74,7 @@ def test_store_codes_equal_direct_encode(trained, tmp_path):
     store = build_sae_store(
         sae, split="eval", max_tokens=1000, folder=tmp_path / "store", progress=False
     )
-    from featgeo.sae.activations import iter_activation_batches
+    from featgeo.activations.collect import iter_activation_batches
 
     batches = iter_activation_batches(
         load_model("embedded"),

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from featgeo.activations.collect import iter_activation_batches
+from featgeo.activations.store import build_store
 from featgeo.corpus import load_corpus
 from featgeo.models import load_model
 from featgeo.sae import SAEConfig, SparseAutoencoder
-from featgeo.sae.activations import iter_activation_batches
 from featgeo.sae.evaluate import evaluate_sae
-from featgeo.sae.store import build_store
 from featgeo.sae.training import SAETrainer, TrainConfig
 
 pytestmark = pytest.mark.gpu

@@ -12,11 +12,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from featgeo.activations.collect import (
+    document_chunks,
+    iter_activation_batches,
+    residual_activations,
+)
 from featgeo.cli import app
 from featgeo.corpus import Corpus, load_corpus
 from featgeo.models.components import decoder_layers
 from featgeo.sae import SAEConfig, SparseAutoencoder, build_sae_store, evaluate_sae, save_sae
-from featgeo.sae.activations import document_chunks, iter_activation_batches, residual_activations
 from featgeo.sae.hooks import (
     HookNameError,
     HookPoint,
@@ -230,7 +234,7 @@ def test_store_of_resid_pre_1_holds_the_codes_of_resid_post_0(tiny_llama, text_c
 
 
 def test_store_key_separates_hook_kinds():
-    from featgeo.sae.store import store_key
+    from featgeo.activations.store import store_key
 
     args = ("m", "e", "c", "sae_train", 1, 64, 100)
     assert store_key(*args) == store_key(*args, hook="resid_post")

@@ -12,13 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from featgeo.activations.cache import ActivationCache
+from featgeo.activations.collect import document_chunks, iter_activation_batches
 from featgeo.cache import cache_dir
 from featgeo.cli import app
 from featgeo.corpus import load_corpus
 from featgeo.files import read_json
 from featgeo.sae import TrainConfig, load_sae, train_sae
-from featgeo.sae.activation_cache import ActivationCache
-from featgeo.sae.activations import document_chunks, iter_activation_batches
 
 runner = CliRunner()
 

@@ -209,8 +209,11 @@ def test_other_settings_discard_an_interrupted_run(matrices, tmp_path, monkeypat
 
 
 BAD = [
-    ({"component": "mlp.up_proj"}, FileNotFoundError,
-     r"layer1-mlp\.up_proj\.pt' does not exist \(layer 1 there has: mlp\.down_proj\)"),
+    (
+        {"component": "mlp.up_proj"},
+        FileNotFoundError,
+        r"layer1-mlp\.up_proj\.pt' does not exist \(layer 1 there has: mlp\.down_proj\)",
+    ),
     ({"component": "../mlp"}, ValueError, r"--component must be a module name.*got '\.\./mlp'"),
     ({"method": "obs"}, ValueError, r"'obs' is not a pruning method.*sparsegpt.*wanda"),
     ({"k_values": (2, 14)}, ValueError, r"--k-values 14 is larger than the 13 analysed"),

@@ -205,7 +205,7 @@ def evaluate(
 
 
 def _store(sae, model, corpus, split, layer, tokens, context_size, device):
-    from featgeo.sae.cluster_run import build_sae_store
+    from featgeo.activations.store import build_sae_store
 
     return build_sae_store(
         sae,
@@ -234,7 +234,7 @@ def store(
     device: str = DEVICE,
 ) -> None:
     """Encode a split with the SAE once and store the sparse codes (reused when present)."""
-    from featgeo.sae.cluster_run import live_latents
+    from featgeo.latents.run import live_latents
     from featgeo.sae.saelens_format import load_sae
 
     sae = load_sae(path)
@@ -263,8 +263,8 @@ def cluster(
     device: str = DEVICE,
 ) -> None:
     """Cluster live latents by their L2-normalised decoder directions; write per-cluster metrics."""
-    from featgeo.sae.cluster_methods import get_cluster_method
-    from featgeo.sae.cluster_run import check_cluster_out, cluster_sae, parse_n_clusters
+    from featgeo.latents.methods import get_cluster_method
+    from featgeo.latents.run import check_cluster_out, cluster_sae, parse_n_clusters
     from featgeo.sae.saelens_format import load_sae
 
     counts = parse_n_clusters(n_clusters)

@@ -1,6 +1,10 @@
 """Sparse autoencoders: config, architectures (standard / TopK / JumpReLU), the SAELens on-disk
-format (``cfg.json`` + ``sae_weights.safetensors``), training on a block's residual stream,
-evaluation (FVE, L0, CE loss recovered), the activation store of SAE codes and latent clustering.
+format (``cfg.json`` + ``sae_weights.safetensors``), training on a block's residual stream and
+evaluation (FVE, L0, CE loss recovered).
+
+The stages after the SAE live in their own packages: :mod:`featgeo.activations` (activation
+cache and the store of SAE codes), :mod:`featgeo.latents` (latent clustering) and
+:mod:`featgeo.archetypes` (AANets). Their main names stay importable from here.
 
     from featgeo.sae import TrainConfig, train_sae, evaluate_sae, build_sae_store, cluster_sae
 
@@ -14,8 +18,6 @@ from featgeo.sae.architectures import (
     get_architecture,
     register_architecture,
 )
-from featgeo.sae.cluster_run import build_sae_store, cluster_sae, live_latents
-from featgeo.sae.clustering import cluster_latents, cluster_table
 from featgeo.sae.config import SAEConfig
 from featgeo.sae.evaluate import SAEEvaluation, evaluate_sae
 from featgeo.sae.saelens_format import (
@@ -26,9 +28,27 @@ from featgeo.sae.saelens_format import (
     load_sae,
     save_sae,
 )
-from featgeo.sae.store import ActivationStore
 from featgeo.sae.train_run import train_sae
 from featgeo.sae.training import SAETrainer, TrainConfig
+
+# Imported on first use: featgeo.activations and featgeo.latents import featgeo.sae themselves.
+_MOVED = {
+    "ActivationStore": "featgeo.activations.store",
+    "build_sae_store": "featgeo.activations.store",
+    "cluster_latents": "featgeo.latents.clustering",
+    "cluster_sae": "featgeo.latents.run",
+    "cluster_table": "featgeo.latents.clustering",
+    "live_latents": "featgeo.latents.run",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'featgeo.sae' has no attribute {name!r}")
+
 
 __all__ = [
     "ARCHITECTURES",

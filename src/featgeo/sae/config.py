@@ -68,9 +68,7 @@ class SAEConfig:
             if self.k < 1:
                 raise ValueError(f"k must be >= 1, got {self.k}")
             if self.k > self.d_sae:
-                raise ValueError(
-                    f"k={self.k} is larger than d_sae={self.d_sae}; choose k <= d_sae"
-                )
+                raise ValueError(f"k={self.k} is larger than d_sae={self.d_sae}; choose k <= d_sae")
         elif self.k is not None:
             raise ValueError(
                 f"k={self.k} is only used by architecture 'topk', got architecture "

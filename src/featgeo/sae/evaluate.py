@@ -31,14 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featgeo.progress import progress_bar
-from featgeo.sae.activations import (
+from featgeo.activations.collect import (
     Chunk,
     check_context_size,
     check_layer,
     document_chunks,
     pad_chunks,
 )
+from featgeo.progress import progress_bar
 from featgeo.sae.architectures import SparseAutoencoder
 from featgeo.sae.hooks import HookPoint, residual_hook, sae_hook_point
 from featgeo.sae.saelens_format import check_sae_matches_model

@@ -3,7 +3,7 @@
 The SAE reads the output of block ``layer`` (``hook="resid_post"``, written to cfg.json as
 ``blocks.L.hook_resid_post``) or its input (``hook="resid_pre"``, ``blocks.L.hook_resid_pre``).
 The activations of the ``sae_train`` split are collected into the activation cache
-(:mod:`featgeo.sae.activation_cache`): by default as many tokens as training uses
+(:mod:`featgeo.activations.cache`): by default as many tokens as training uses
 (``--tokens``; the whole split when it is smaller), or ``activation_tokens``; a finished cache
 of a bigger collection of the same stream is reused (its first rows). Training then reads them
 in seeded random order, epoch after epoch, until ``--tokens`` tokens are used. Both stages
@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from featgeo.files import check_output_dir, read_json
-from featgeo.sae.activation_cache import (
+from featgeo.activations.cache import (
     build_activation_cache,
     default_cache_dir,
     find_activation_cache,
     shuffled_batches,
 )
+from featgeo.files import check_output_dir, read_json
 from featgeo.sae.architectures import SparseAutoencoder
 from featgeo.sae.hooks import HookKind, HookPoint, check_hook_kind
 from featgeo.sae.saelens_format import CFG_FILENAME, load_sae, save_sae
@@ -89,6 +89,7 @@ def train_sae(
             as many times as ``train.total_tokens`` needs.
         force: replace an existing ``out`` trained with other settings.
     """
+    from featgeo.activations.collect import check_layer, resumable_batches
     from featgeo.corpus import load_corpus
     from featgeo.models.loading import (
         load_model,
@@ -97,7 +98,6 @@ def train_sae(
         resolve_device,
         resolve_model,
     )
-    from featgeo.sae.activations import check_layer, resumable_batches
 
     if not isinstance(train, TrainConfig):
         raise TypeError(f"train must be a TrainConfig, got {type(train).__name__}")

@@ -163,7 +163,7 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 # -- data ------------------------------------------------------------------------------------
 def _as_tensor(chunk: Any, d_in: int | None) -> torch.Tensor:
     """Validate one item of the activation stream: a [n, d_in] tensor (or an object with
-    ``.acts``, such as :class:`featgeo.sae.activations.ActivationBatch`)."""
+    ``.acts``, such as :class:`featgeo.activations.collect.ActivationBatch`)."""
     acts = getattr(chunk, "acts", chunk)
     if not isinstance(acts, torch.Tensor):
         raise TypeError(

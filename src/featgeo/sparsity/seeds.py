@@ -90,8 +90,7 @@ class SeedsConfig:
         # so any dotted module name is accepted; the matrix file decides whether it exists.
         if not isinstance(self.component, str) or not _COMPONENT_NAME.fullmatch(self.component):
             raise ValueError(
-                f"--component must be a module name like 'mlp.down_proj', got "
-                f"'{self.component}'"
+                f"--component must be a module name like 'mlp.down_proj', got '{self.component}'"
             )
         for name in ("layer", "seeds", "n_similar", "block_size", "dpi"):
             value = getattr(self, name)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from featgeo.corpus import Corpus, load_corpus
-from featgeo.models.components import decoder_layers
-from featgeo.sae.activations import (
+from featgeo.activations.collect import (
     document_chunks,
     iter_activation_batches,
     residual_activations,
 )
+from featgeo.corpus import Corpus, load_corpus
+from featgeo.models.components import decoder_layers
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_max_tokens_cuts_exactly(model, corpus, tokenizer):
 def test_skip_batches_continues_exactly_without_running_them(
     model, corpus, tokenizer, max_tokens, monkeypatch
 ):
-    from featgeo.sae import activations
+    from featgeo.activations import collect as activations
 
     def stream(skip):
         return list(

@@ -12,7 +12,7 @@ Layout of a finished store folder (every array an ``.npy`` file, opened memory-m
     chunk_index.npy  int32 [n_tokens]       window index within the document
     position.npy     int32 [n_tokens]       position in the window (>= 1; position 0 dropped)
 
-Built resumably in shards by :mod:`featgeo.sae.sharded`.
+Built resumably in shards by :mod:`featgeo.activations.sharded`.
 """
 
 from __future__ import annotations
@@ -26,17 +26,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from featgeo.cache import cache_dir
-from featgeo.sae.sharded import (
+from featgeo.activations.sharded import (
     FORMAT_VERSION,
     TOKEN_ARRAYS,
     ShardedArrays,
     build_sharded,
     token_columns,
 )
+from featgeo.cache import cache_dir
 
 if TYPE_CHECKING:
-    from featgeo.sae.activations import ActivationBatch
+    from featgeo.activations.collect import ActivationBatch
+    from featgeo.sae.architectures import SparseAutoencoder
 
 
 REQUIRED_HEADER_KEYS: tuple[str, ...] = (
@@ -295,3 +296,83 @@ def _encode_batch(batch, encode, info) -> dict[str, np.ndarray]:
         "values": codes[rows, cols].numpy(),
     }
     return {**piece, **token_columns(batch)}
+
+
+def build_sae_store(
+    sae: SparseAutoencoder,
+    *,
+    model: str = "embedded",
+    corpus: str = "embedded",
+    split: str = "sae_train",
+    layer: int | None = None,
+    context_size: int = 256,
+    batch_size: int = 8,
+    max_tokens: int | None = 262_144,
+    device: str = "auto",
+    folder: str | Path | None = None,
+    progress: bool = True,
+) -> ActivationStore:
+    """Build (or reuse) the store of ``sae``'s codes on ``split``; the default folder is
+    ``cache_dir()/activation_stores/{key}``. The SAE reads where its hook name points
+    (:mod:`featgeo.sae.hooks`; ``layer`` replaces the block number) and encodes in float32."""
+    import torch
+
+    from featgeo.activations.collect import check_layer, resumable_batches
+    from featgeo.corpus import load_corpus
+    from featgeo.models.loading import (
+        load_model,
+        load_tokenizer,
+        model_fingerprint,
+        resolve_device,
+        resolve_model,
+    )
+    from featgeo.sae.hooks import sae_hook_point
+    from featgeo.sae.saelens_format import check_sae_matches_model, sae_fingerprint
+
+    point = sae_hook_point(sae, layer)
+    layer = point.layer
+    torch_device = resolve_device(device)
+    resolved = resolve_model(model)
+    corpus_data = load_corpus(corpus)
+    corpus_data.split(split, option="--split")  # an unknown split fails before the model loads
+    model_fp, sae_fp = model_fingerprint(resolved.source), sae_fingerprint(sae)
+    key = store_key(
+        model_fp,
+        sae_fp,
+        corpus_data.fingerprint,
+        split,
+        layer,
+        context_size,
+        max_tokens,
+        hook=point.kind,
+    )
+    header = {
+        "model": model_fp,
+        "layer": layer,
+        "hook": point.kind,
+        "split": split,
+        "corpus_fingerprint": corpus_data.fingerprint,
+        "encoder_fingerprint": sae_fp,
+        "context_size": context_size,
+        "max_tokens": max_tokens,
+        "d_sae": sae.cfg.d_sae,
+    }
+    folder = Path(folder) if folder is not None else default_store_dir(key)
+    lm = load_model(model, device=torch_device)
+    check_layer(lm, layer)
+    check_sae_matches_model(sae, lm.config.hidden_size)
+    sae = sae.for_compute(torch_device)  # float32 copy of a bfloat16 / float16 SAE
+
+    batches = resumable_batches(
+        lm,
+        load_tokenizer(model),
+        corpus_data,
+        split,
+        layer,
+        context_size=context_size,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        hook=point.kind,
+    )
+    with torch.no_grad():
+        return build_store(folder, batches, sae.encode, header, progress=progress)

@@ -12,7 +12,7 @@ size, token budget) into ``cache_dir()/activations/{key}``::
                      float16 model's activations are stored as float32)
     token_ids.npy, doc_index.npy, chunk_index.npy, position.npy   int32 [n_tokens]
 
-The build is resumable (see :mod:`featgeo.sae.sharded`). Collection is deterministic and a
+The build is resumable (see :mod:`featgeo.activations.sharded`). Collection is deterministic and a
 budget cuts it exactly, so the first n rows of a bigger collection *are* the collection of n
 tokens: :func:`find_activation_cache` reuses a finished cache whose budget covers the one asked
 for (a smaller one never stands in for a bigger request). :func:`shuffled_batches` reads the
@@ -30,9 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featgeo.cache import cache_dir
-from featgeo.files import read_json
-from featgeo.sae.sharded import (
+from featgeo.activations.sharded import (
     FORMAT_VERSION,
     HEADER,
     TOKEN_ARRAYS,
@@ -42,6 +40,8 @@ from featgeo.sae.sharded import (
     same_header,
     token_columns,
 )
+from featgeo.cache import cache_dir
+from featgeo.files import read_json
 
 
 class ActivationCache(ShardedArrays):
@@ -121,7 +121,7 @@ def build_activation_cache(
 ) -> ActivationCache:
     """Store every batch's activations; a finished cache with an equal header is reused.
 
-    ``batches`` are :class:`~featgeo.sae.activations.ActivationBatch` es from a deterministic
+    ``batches`` are :class:`~featgeo.activations.collect.ActivationBatch` es from a deterministic
     iterator, or a function ``skip -> iterator`` that leaves out the first ``skip`` batches
     (``iter_activation_batches(..., skip_batches=skip)``), so a resumed build neither stores
     nor recomputes them.

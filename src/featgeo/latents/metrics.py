@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from featgeo.sae.cluster_methods import ArrayLike, _as_float_matrix, normalized_directions
+from featgeo.latents.methods import ArrayLike, _as_float_matrix, normalized_directions
 
 VARIANCE_FRACTION = 0.95
 """Share of sum sigma^2 (or of variance) the rank must explain (SPEC §3)."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from featgeo.sae.cluster_metrics import (
+from featgeo.latents.metrics import (
     activation_pca_rank,
     cluster_recon_error,
     decoder_dir_rank,

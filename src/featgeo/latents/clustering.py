@@ -1,7 +1,7 @@
 """Latent clustering of SAE decoder directions: the public entry point (SPEC §3).
 
-The methods live in :mod:`featgeo.sae.cluster_methods` and the per-cluster metrics in
-:mod:`featgeo.sae.cluster_metrics`; this module gathers them and adds :func:`cluster_latents`.
+The methods live in :mod:`featgeo.latents.methods` and the per-cluster metrics in
+:mod:`featgeo.latents.metrics`; this module gathers them and adds :func:`cluster_latents`.
 
 Example::
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from featgeo.sae.cluster_methods import (
+from featgeo.latents.methods import (
     CLUSTER_METHODS,
     DUPLICATE_COS,
     ArrayLike,
@@ -29,7 +29,7 @@ from featgeo.sae.cluster_methods import (
     normalized_directions,
     register_cluster_method,
 )
-from featgeo.sae.cluster_metrics import (
+from featgeo.latents.metrics import (
     activation_pca_rank,
     cluster_recon_error,
     cluster_table,

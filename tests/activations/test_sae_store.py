@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from featgeo.corpus import Corpus, load_corpus
-from featgeo.files import partial_dir
-from featgeo.sae.activations import iter_activation_batches
-from featgeo.sae.store import (
+from featgeo.activations.collect import iter_activation_batches
+from featgeo.activations.store import (
     ActivationStore,
     build_store,
     default_store_dir,
     store_key,
 )
+from featgeo.corpus import Corpus, load_corpus
+from featgeo.files import partial_dir
 
 D_SAE, TOP_K, CONTEXT, BATCH = 96, 8, 32, 4
 

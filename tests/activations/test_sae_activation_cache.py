@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from featgeo.corpus import load_corpus
-from featgeo.files import partial_dir
-from featgeo.sae.activation_cache import (
+from featgeo.activations.cache import (
     ActivationCache,
     build_activation_cache,
     default_cache_dir,
     shuffled_batches,
 )
-from featgeo.sae.activations import iter_activation_batches
+from featgeo.activations.collect import iter_activation_batches
+from featgeo.corpus import load_corpus
+from featgeo.files import partial_dir
 
 HEADER = {"model": "tiny", "layer": 1, "split": "sae_train", "corpus_fingerprint": "c",
           "context_size": 32, "max_tokens": 3000}  # fmt: skip
@@ -60,7 +60,7 @@ def test_interrupted_build_resumes_without_duplicates(model, tokenizer, text_cor
     with pytest.raises(KeyboardInterrupt):
         build_activation_cache(tmp_path / "cut", interrupted(), HEADER, **small)
     assert partial_dir(tmp_path / "cut").exists() and not (tmp_path / "cut").exists()
-    from featgeo.sae import activations
+    from featgeo.activations import collect as activations
 
     runs = []
     run_batch = activations._run_batch

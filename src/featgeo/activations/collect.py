@@ -215,7 +215,8 @@ def resumable_batches(
     model: nn.Module, tokenizer, corpus, split: str, layer: int, **kwargs
 ) -> Callable[[int], Iterator[ActivationBatch]]:
     """``skip -> iter_activation_batches(..., skip_batches=skip)``, for builds that resume
-    (:mod:`featgeo.sae.sharded`). The arguments are checked now, before anything is written."""
+    (:mod:`featgeo.activations.sharded`). The arguments are checked now, before anything is
+    written."""
     iter_activation_batches(model, tokenizer, corpus, split, layer, **kwargs)
 
     def batches(skip: int) -> Iterator[ActivationBatch]:

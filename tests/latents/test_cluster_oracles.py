@@ -17,9 +17,9 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
+from featgeo.activations.collect import ActivationBatch
+from featgeo.activations.store import build_store
 from featgeo.sae import SAEConfig, SparseAutoencoder, cluster_sae
-from featgeo.sae.activations import ActivationBatch
-from featgeo.sae.store import build_store
 
 D = 12  # d_in = d_sae
 GROUPS = {"line": range(0, 5), "spread": range(5, 10), "single_a": [10], "single_b": [11]}

@@ -8,7 +8,7 @@ import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import adjusted_rand_score
 
-from featgeo.sae.clustering import (
+from featgeo.latents.clustering import (
     CLUSTER_METHODS,
     KSubspacesClusterer,
     activation_pca_rank,

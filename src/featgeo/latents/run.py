@@ -1,9 +1,10 @@
-"""``featgeo sae store`` and ``featgeo sae cluster``: codes of an SAE over a split, and latent
-clusters of its decoder directions with their per-cluster metrics (SPEC §3).
+"""``featgeo sae cluster``: latent clusters of an SAE's decoder directions with their per-cluster
+metrics (SPEC §3), read from the SAE's activation store.
 
-The store (:mod:`featgeo.sae.store`) is keyed by the model, the SAE weights, the corpus, the
-split, the layer, the context size and the token budget, so every later stage (clustering,
-AANets, vertex collection) reads codes from disk instead of re-running the model. Clustering
+The store (:mod:`featgeo.activations.store`, built by ``featgeo sae store``) is keyed by the
+model, the SAE weights, the corpus, the split, the layer, the context size and the token budget,
+so every later stage (clustering, AANets, vertex collection) reads codes from disk instead of
+re-running the model. Clustering
 uses the *live* latents only (those that fired at least once in the store).
 
 Output of ``cluster_sae`` for every n in ``n_clusters``, in ``{out}/clusters_{n}/`` (each folder
@@ -30,17 +31,18 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featgeo.activations.store import ActivationStore
 from featgeo.files import check_output_dir, staging_dir, write_csv, write_json
-from featgeo.sae.architectures import SparseAutoencoder
-from featgeo.sae.cluster_methods import CLUSTER_METHODS, get_cluster_method, make_clusterer
-from featgeo.sae.cluster_metrics import activation_pca_rank, cluster_table
-from featgeo.sae.saelens_format import sae_fingerprint
-from featgeo.sae.store import ActivationStore
+from featgeo.latents.methods import CLUSTER_METHODS, get_cluster_method, make_clusterer
+from featgeo.latents.metrics import activation_pca_rank, cluster_table
 from featgeo.sparsity.metrics import ClusterCountWarning
+
+if TYPE_CHECKING:
+    from featgeo.sae.architectures import SparseAutoencoder
 
 log = logging.getLogger(__name__)
 
@@ -54,87 +56,6 @@ METRIC_COLUMNS = [
     "cluster_recon_error",
     "activation_pca_rank",
 ]
-
-
-def build_sae_store(
-    sae: SparseAutoencoder,
-    *,
-    model: str = "embedded",
-    corpus: str = "embedded",
-    split: str = "sae_train",
-    layer: int | None = None,
-    context_size: int = 256,
-    batch_size: int = 8,
-    max_tokens: int | None = 262_144,
-    device: str = "auto",
-    folder: str | Path | None = None,
-    progress: bool = True,
-) -> ActivationStore:
-    """Build (or reuse) the store of ``sae``'s codes on ``split``; the default folder is
-    ``cache_dir()/activation_stores/{key}``. The SAE reads where its hook name points
-    (:mod:`featgeo.sae.hooks`; ``layer`` replaces the block number) and encodes in float32."""
-    import torch
-
-    from featgeo.corpus import load_corpus
-    from featgeo.models.loading import (
-        load_model,
-        load_tokenizer,
-        model_fingerprint,
-        resolve_device,
-        resolve_model,
-    )
-    from featgeo.sae.activations import check_layer, resumable_batches
-    from featgeo.sae.hooks import sae_hook_point
-    from featgeo.sae.saelens_format import check_sae_matches_model
-    from featgeo.sae.store import build_store, default_store_dir, store_key
-
-    point = sae_hook_point(sae, layer)
-    layer = point.layer
-    torch_device = resolve_device(device)
-    resolved = resolve_model(model)
-    corpus_data = load_corpus(corpus)
-    corpus_data.split(split, option="--split")  # an unknown split fails before the model loads
-    model_fp, sae_fp = model_fingerprint(resolved.source), sae_fingerprint(sae)
-    key = store_key(
-        model_fp,
-        sae_fp,
-        corpus_data.fingerprint,
-        split,
-        layer,
-        context_size,
-        max_tokens,
-        hook=point.kind,
-    )
-    header = {
-        "model": model_fp,
-        "layer": layer,
-        "hook": point.kind,
-        "split": split,
-        "corpus_fingerprint": corpus_data.fingerprint,
-        "encoder_fingerprint": sae_fp,
-        "context_size": context_size,
-        "max_tokens": max_tokens,
-        "d_sae": sae.cfg.d_sae,
-    }
-    folder = Path(folder) if folder is not None else default_store_dir(key)
-    lm = load_model(model, device=torch_device)
-    check_layer(lm, layer)
-    check_sae_matches_model(sae, lm.config.hidden_size)
-    sae = sae.for_compute(torch_device)  # float32 copy of a bfloat16 / float16 SAE
-
-    batches = resumable_batches(
-        lm,
-        load_tokenizer(model),
-        corpus_data,
-        split,
-        layer,
-        context_size=context_size,
-        batch_size=batch_size,
-        max_tokens=max_tokens,
-        hook=point.kind,
-    )
-    with torch.no_grad():
-        return build_store(folder, batches, sae.encode, header, progress=progress)
 
 
 def live_latents(store: ActivationStore, block: int = 1 << 24) -> np.ndarray:
@@ -311,9 +232,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "ClusteringResult",
     "activation_pca_ranks",
-    "build_sae_store",
     "cluster_sae",
     "live_latents",
     "parse_n_clusters",
-    "sae_fingerprint",
 ]

@@ -1,6 +1,6 @@
 """Resumable writing of per-token arrays in shards: the machinery behind the activation store
-(:mod:`featgeo.sae.store`, sparse SAE codes) and the activation cache
-(:mod:`featgeo.sae.activation_cache`, dense residual-stream activations).
+(:mod:`featgeo.activations.store`, sparse SAE codes) and the activation cache
+(:mod:`featgeo.activations.cache`, dense residual-stream activations).
 
 A finished folder holds one ``.npy`` file per array (opened memory-mapped) and ``header.json``
 with ``complete: true``. While building, the folder lives at ``files.partial_dir(folder)`` and
