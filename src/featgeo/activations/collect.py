@@ -6,10 +6,10 @@ chunk is dropped from the output, as the SPEC asks, because the first position o
 as an attention sink with atypically large norm whether or not it is a BOS token. Chunks shorter
 than 2 tokens therefore carry nothing and are skipped.
 
-The activations are the residual stream at a :class:`~featgeo.sae.hooks.HookPoint`: the output
-of block ``layer`` (``hook="resid_post"``, the default) or its input (``hook="resid_pre"``, the
-output of block ``layer - 1``, the embeddings for layer 0). The forward pass stops right there (a
-hook stores the tensor and raises), so later blocks and the LM head never run: on the embedded
+The activations are the residual stream at a :class:`~featgeo.activations.hooks.HookPoint`: the
+output of block ``layer`` (``hook="resid_post"``, the default) or its input (``hook="resid_pre"``,
+the output of block ``layer - 1``, the embeddings for layer 0). The forward pass stops right there
+(a hook stores the tensor and raises), so later blocks and the LM head never run: on the embedded
 model at layer 6 that is about 7x faster than a full forward pass (SPEC §0).
 """
 
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from featgeo.activations.hooks import HookKind, HookPoint, check_hook_kind, residual_hook
 from featgeo.errors import InputError
 from featgeo.models.components import decoder_layers
-from featgeo.sae.hooks import HookKind, HookPoint, check_hook_kind, residual_hook
 
 log = logging.getLogger(__name__)
 

@@ -314,10 +314,12 @@ def build_sae_store(
 ) -> ActivationStore:
     """Build (or reuse) the store of ``sae``'s codes on ``split``; the default folder is
     ``cache_dir()/activation_stores/{key}``. The SAE reads where its hook name points
-    (:mod:`featgeo.sae.hooks`; ``layer`` replaces the block number) and encodes in float32."""
+    (:mod:`featgeo.activations.hooks`; ``layer`` replaces the block number) and encodes in
+    float32."""
     import torch
 
     from featgeo.activations.collect import check_layer, resumable_batches
+    from featgeo.activations.hooks import sae_hook_point
     from featgeo.corpus import load_corpus
     from featgeo.models.loading import (
         load_model,
@@ -326,7 +328,6 @@ def build_sae_store(
         resolve_device,
         resolve_model,
     )
-    from featgeo.sae.hooks import sae_hook_point
     from featgeo.sae.saelens_format import check_sae_matches_model, sae_fingerprint
 
     point = sae_hook_point(sae, layer)

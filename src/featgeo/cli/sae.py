@@ -114,7 +114,7 @@ def train(
 @app.command("load")
 def load(path: str = SAE_PATH) -> None:
     """Load an SAELens-format SAE and describe it (and where in the model it reads)."""
-    from featgeo.sae.hooks import HookNameError, parse_hook_name, sae_hook_point
+    from featgeo.activations.hooks import HookNameError, parse_hook_name, sae_hook_point
     from featgeo.sae.saelens_format import load_sae
 
     sae = load_sae(path)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from featgeo.activations.hooks import layer_in_hook_name
 from featgeo.sae.architectures import get_architecture
-from featgeo.sae.hooks import layer_in_hook_name
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 """Parameter dtypes an SAE may be stored in (the ``dtype`` key of ``cfg.json``)."""
@@ -44,7 +44,7 @@ class SAEConfig:
     """Name or path of the model whose activations the SAE reads."""
     hook_name: str = ""
     """Where the activations are read, e.g. ``blocks.3.hook_resid_post`` (output of block 3) or
-    ``blocks.3.hook_resid_pre`` (its input); see :mod:`featgeo.sae.hooks`."""
+    ``blocks.3.hook_resid_pre`` (its input); see :mod:`featgeo.activations.hooks`."""
     layer: int | None = None
     """Block number of ``hook_name`` (SAELens ``hook_layer``); parsed from it when not given."""
     apply_b_dec_to_input: bool = True

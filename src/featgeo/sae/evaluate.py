@@ -11,10 +11,10 @@ Per token (position 0 of every chunk dropped, as in training):
   SAE reconstruction spliced into the residual stream where the SAE reads it, and with that
   residual stream zeroed; ``ce_recovered`` = (ce_zero - ce_sae) / (ce_zero - ce_clean).
 
-Where the SAE reads comes from its hook name (:mod:`featgeo.sae.hooks`): ``resid_post`` of block
-L is the output of block L, ``resid_pre`` of block L its input (the reconstruction then replaces
-the input of block L: the output of block L-1, or the embeddings for L = 0). The SAE runs in
-float32 whatever dtype it is stored in (bfloat16 / float16 SAEs are upcast, in a copy).
+Where the SAE reads comes from its hook name (:mod:`featgeo.activations.hooks`): ``resid_post`` of
+block L is the output of block L, ``resid_pre`` of block L its input (the reconstruction then
+replaces the input of block L: the output of block L-1, or the embeddings for L = 0). The SAE runs
+in float32 whatever dtype it is stored in (bfloat16 / float16 SAEs are upcast, in a copy).
 
 **Decision**: splicing (and zeroing) covers positions 1.. of every chunk, the positions the SAE
 was trained on; the cross-entropy is averaged over the predictions made at those positions
@@ -38,9 +38,9 @@ from featgeo.activations.collect import (
     document_chunks,
     pad_chunks,
 )
+from featgeo.activations.hooks import HookPoint, residual_hook, sae_hook_point
 from featgeo.progress import progress_bar
 from featgeo.sae.architectures import SparseAutoencoder
-from featgeo.sae.hooks import HookPoint, residual_hook, sae_hook_point
 from featgeo.sae.saelens_format import check_sae_matches_model
 
 
@@ -74,7 +74,7 @@ def _check_fraction(name: str, value: float) -> float:
 
 def sae_layer(sae: SparseAutoencoder, layer: int | None) -> int:
     """The block number the SAE reads at (``layer`` overrides its hook name's); see
-    :func:`featgeo.sae.hooks.sae_hook_point`, which also gives the hook kind."""
+    :func:`featgeo.activations.hooks.sae_hook_point`, which also gives the hook kind."""
     return sae_hook_point(sae, layer).layer
 
 

@@ -32,9 +32,9 @@ from featgeo.activations.cache import (
     find_activation_cache,
     shuffled_batches,
 )
+from featgeo.activations.hooks import HookKind, HookPoint, check_hook_kind
 from featgeo.files import check_output_dir, read_json
 from featgeo.sae.architectures import SparseAutoencoder
-from featgeo.sae.hooks import HookKind, HookPoint, check_hook_kind
 from featgeo.sae.saelens_format import CFG_FILENAME, load_sae, save_sae
 from featgeo.sae.training import RUNTIME_FIELDS, STATE_FILENAME, SAETrainer, TrainConfig
 

@@ -17,17 +17,17 @@ from featgeo.activations.collect import (
     iter_activation_batches,
     residual_activations,
 )
-from featgeo.cli import app
-from featgeo.corpus import Corpus, load_corpus
-from featgeo.models.components import decoder_layers
-from featgeo.sae import SAEConfig, SparseAutoencoder, build_sae_store, evaluate_sae, save_sae
-from featgeo.sae.hooks import (
+from featgeo.activations.hooks import (
     HookNameError,
     HookPoint,
     parse_hook_name,
     resolve_hook,
     sae_hook_point,
 )
+from featgeo.cli import app
+from featgeo.corpus import Corpus, load_corpus
+from featgeo.models.components import decoder_layers
+from featgeo.sae import SAEConfig, SparseAutoencoder, build_sae_store, evaluate_sae, save_sae
 
 runner = CliRunner()
 HIDDEN = 64
