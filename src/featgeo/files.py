@@ -179,6 +179,14 @@ def save_tensor(path: str | os.PathLike, tensor: torch.Tensor) -> Path:
     return Path(path)
 
 
+def save_torch_dict(path: str | os.PathLike, obj: dict[str, Any]) -> Path:
+    """Save a dict of tensors, lists and JSON scalars that ``torch.load(..., weights_only=True)``
+    reads back (no pickled classes)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
 def append_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """Append complete lines and fsync, so a crash can lose at most the rows of this call."""
     with open(path, "a", encoding="utf-8") as fh:

@@ -1,0 +1,110 @@
+"""Hyper-parameters of AANet training, shared by every model trained together (SPEC §3)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AANetConfig:
+    """Architecture, losses, optimiser, schedule and early stopping of AANets (SPEC §3).
+
+    Defaults are SPEC §3's Stage 1 values (van Dijk et al. 2019 for the architecture).
+    """
+
+    hidden: tuple[int, ...] = (64, 32)
+    """Encoder widths d -> 64 -> 32 -> (k-1); the decoder mirrors them."""
+    noise_std: float = 0.05
+    """Std of the Gaussian noise added to the bottleneck before decoding, in training only."""
+    recon_weight: float = 1.0
+    archetypal_weight: float = 4.0
+    extrema_weight: float = 2.0
+    lr: float = 0.0025
+    """Adam learning rate (betas 0.9, 0.999, eps 1e-8)."""
+    weight_decay: float = 1e-5
+    """Adam's L2 penalty (added to the gradient after clipping, as torch.optim.Adam does)."""
+    grad_clip: float = 1.0
+    """Max global gradient norm per model (torch.nn.utils.clip_grad_norm_)."""
+    lr_factor: float = 0.5
+    """ReduceLROnPlateau factor, on each step's total loss."""
+    lr_patience: int = 30
+    lr_threshold: float = 1e-4
+    """ReduceLROnPlateau relative threshold (torch's default)."""
+    min_lr: float = 1e-6
+    """Training stops once the learning rate has been reduced to this."""
+    max_steps: int = 3000
+    smoothing_window: int = 20
+    """W: early stopping compares means of the last W step losses."""
+    early_stop_patience: int = 250
+    """Steps without a smoothed improvement before a model stops (Stage 1: 250)."""
+    early_stop_delta: float = 1e-6
+    final_window: int = 20
+    """Reported losses are medians of the last this-many step losses."""
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Free-form notes saved with the config (not used by training)."""
+
+    def __post_init__(self) -> None:
+        def positive(name: str, integer: bool = False) -> None:
+            value = getattr(self, name)
+            kind = int if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
+                what = "a positive int" if integer else "a positive number"
+                raise ValueError(f"AANetConfig.{name} must be {what}, got {value!r}")
+
+        for name in ("lr", "grad_clip", "min_lr", "lr_threshold"):
+            positive(name)
+        for name in ("lr_patience", "max_steps", "smoothing_window", "final_window"):
+            positive(name, integer=True)
+        if (
+            isinstance(self.early_stop_patience, bool)
+            or not isinstance(self.early_stop_patience, int)
+            or self.early_stop_patience < 0
+        ):
+            raise ValueError(
+                f"AANetConfig.early_stop_patience must be an int >= 0, "
+                f"got {self.early_stop_patience!r}"
+            )
+        for name in (
+            "noise_std",
+            "weight_decay",
+            "recon_weight",
+            "archetypal_weight",
+            "extrema_weight",
+            "early_stop_delta",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"AANetConfig.{name} must be a number >= 0, got {value!r}")
+        if not 0 < self.lr_factor < 1:
+            raise ValueError(f"AANetConfig.lr_factor must lie in (0, 1), got {self.lr_factor!r}")
+        if not self.hidden or any(
+            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden
+        ):
+            raise ValueError(f"AANetConfig.hidden must be positive ints, got {self.hidden!r}")
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+
+    @property
+    def check_interval(self) -> int:
+        """Steps between early-stopping checks: W//2 + W//4 (SPEC §3)."""
+        return max(1, self.smoothing_window // 2 + self.smoothing_window // 4)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["hidden"] = list(self.hidden)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AANetConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown AANetConfig fields {unknown}; known: {sorted(known)}")
+        data = dict(data)
+        if "hidden" in data:
+            data["hidden"] = tuple(data["hidden"])
+        return cls(**data)
+
+
+__all__ = ["AANetConfig"]
