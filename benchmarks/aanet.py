@@ -102,6 +102,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--max-steps", type=int, default=3000, help="SPEC: 3000 (smoke: fewer)")
     parser.add_argument("--full", action="store_true", help="also featgeo in d_model coordinates")
+    parser.add_argument(
+        "--reseed", action="store_true", help="also the peer's own seed-to-seed difference"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:
@@ -118,16 +121,21 @@ def main() -> None:
     t0 = time.perf_counter()
     datas = clusters_data(sae, store, {c: clusters[c] for c in ids}, space="subspace")
     t_data = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ours = train_cluster_aanets(
-        datas,
-        store.n_tokens,
-        ks=KS,
-        config=config,
-        device=args.device,
-        batch_tokens=args.batch_tokens,
-    )
-    t_ours = time.perf_counter() - t0 + t_data
+
+    def featgeo(datas, config=config):
+        start = time.perf_counter()
+        results = train_cluster_aanets(
+            datas,
+            store.n_tokens,
+            ks=KS,
+            config=config,
+            device=args.device,
+            batch_tokens=args.batch_tokens,
+        )
+        return results, time.perf_counter() - start
+
+    ours, t_ours = featgeo(datas)
+    t_ours += t_data
 
     sample = ids[:: args.peer_every]
     full = clusters_data(sae, store, {c: clusters[c] for c in sample}, space="full")
@@ -143,21 +151,25 @@ def main() -> None:
 
     rows = [("peer: one model at a time, d_model (the seed's way)", peer_final, peer_steps, t_peer)]
     if args.full:
-        t0 = time.perf_counter()
-        mine = train_cluster_aanets(
-            full,
-            store.n_tokens,
-            ks=KS,
-            config=config,
-            device=args.device,
-            batch_tokens=args.batch_tokens,
-        )
+        mine, t_mine = featgeo(full)
         rows.append(
             (
                 "featgeo batched, d_model",
                 {(r.cluster_id, r.k): r.final for r in mine},
                 [r.fit.steps for r in mine],
-                time.perf_counter() - t0,
+                t_mine,
+            )
+        )
+    if args.reseed:
+        # The peer's own spread: the same trainer in d_model coordinates (equal to the peer,
+        # tests/archetypes/test_batched.py) with another seed. Differences below it are noise.
+        other, t_other = featgeo(full, AANetConfig(max_steps=args.max_steps, seed=1))
+        rows.append(
+            (
+                "the peer's training with seed 1 (noise floor)",
+                {(r.cluster_id, r.k): r.final for r in other},
+                [r.fit.steps for r in other],
+                t_other,
             )
         )
     rows.append(

@@ -126,3 +126,49 @@ def test_load_refuses_other_files(tmp_path):
         AANet.load(other)
     with pytest.raises(FileNotFoundError):
         AANet.load(tmp_path / "missing.pt")
+
+
+def test_numpy_int_k_and_seed_work():
+    data = simplex_points(200, 3, d=12, rank=4, seed=0)
+    net = AANet(k=np.int64(3), config=AANetConfig(max_steps=20, seed=np.int64(2))).fit(data.X)
+    assert net.k == 3 and net.archetypes_.shape == (3, 12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lr": float("inf")}, "lr must be a positive finite number"),
+        ({"seed": -1}, r"seed must be an int in 0..2\*\*32-1"),
+        ({"extra": {"a": np.zeros(2)}}, "extra must hold only JSON values"),
+        ({"hidden": 64}, "hidden must be a tuple of ints"),
+        ({"min_lr": 0.1, "lr": 0.01}, "must be below lr"),
+        ({"lr_factor": 1.0}, r"lr_factor must lie in \(0, 1\)"),
+    ],
+    ids=["inf-lr", "negative-seed", "extra-not-json", "hidden-int", "min_lr>lr", "factor-1"],
+)
+def test_bad_configs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AANetConfig(**kwargs)
+
+
+def test_bad_device_and_divergence_are_one_line_errors():
+    data = simplex_points(200, 3, d=12, rank=4, seed=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available; use 'cpu'"):
+            AANet(k=3, config=AANetConfig(max_steps=5), device="cuda").fit(data.X)
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu' or 'cuda"):
+        AANet(k=3, config=AANetConfig(max_steps=5), device="gpu").fit(data.X)
+    with pytest.raises(ValueError, match="training diverged"):
+        AANet(k=3, config=AANetConfig(max_steps=30)).fit(data.X * 1e30)
+
+
+def test_load_of_garbage_names_the_fix(tmp_path):
+    garbage = tmp_path / "g.pt"
+    garbage.write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match="is not an AANet file written by featgeo") as info:
+        AANet.load(garbage)
+    assert "\n" not in str(info.value)
+    partial = tmp_path / "p.pt"
+    torch.save({"format": "featgeo.aanet", "format_version": 1}, partial)
+    with pytest.raises(ValueError, match="missing"):
+        AANet.load(partial)

@@ -123,3 +123,18 @@ def test_cuda_stack_matches_cpu():
     for a, b in zip(cpu, gpu, strict=True):
         assert a.steps == b.steps
         np.testing.assert_allclose(a.curve, b.curve, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "match"),
+    [
+        (ModelSpec(3, 5, 0), ValueError, r"ModelSpec.data must lie in 0..1"),
+        (ModelSpec(3, -1, 0), ValueError, r"ModelSpec.data must lie in 0..1"),
+        (ModelSpec(2.5, 0, 0), TypeError, "ModelSpec.k must be an int"),
+        (ModelSpec(3, 0, -1), ValueError, "ModelSpec.seed must lie in"),
+    ],
+    ids=["data-missing", "data-negative", "k-float", "seed-negative"],
+)
+def test_bad_specs_are_refused(spec, error, match):
+    with pytest.raises(error, match=match):
+        train_stack([spec], _source(), FAST)

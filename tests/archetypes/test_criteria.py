@@ -77,3 +77,54 @@ def test_registry_and_errors():
         get_criterion("x")
     with pytest.raises(ValueError, match="one entry per k"):
         select_k([1, 2], [1, 2, 3], [2, 3, 4])
+
+
+def test_inside_fraction_against_a_hand_triangle():
+    from featgeo.archetypes.criteria import inside_fraction
+
+    anchors = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    points = np.array([[0.2, 0.2], [0.5, 0.5], [0.95, 0.1], [-0.05, 0.5], [-0.2, 0.5], [1, 1]])
+    # lambda = (1 - x - y, x, y): inside (>= -0.1) for the first four, outside for the last two.
+    assert inside_fraction(points, anchors) == pytest.approx(4 / 6)
+    assert inside_fraction(points, anchors, tol=0.0) == pytest.approx(2 / 6)
+    with pytest.raises(ValueError, match="must share D"):
+        inside_fraction(points, np.zeros((3, 3)))
+
+
+def test_knee_extra_vertex_needs_inside_fractions():
+    with pytest.raises(ValueError, match="needs the inside fractions"):
+        select_k([3, 2, 1, 1, 1, 1, 1], FLAT_ARCH, KS, "knee_extra_vertex")
+    # Knee at k=3 (recon within 10% of its range); inside stays >= 0.9 up to k=4: k=4.
+    choice = select_k(
+        [3, 1.1, 1, 1, 1, 1, 1], FLAT_ARCH, KS, "knee_extra_vertex",
+        inside=[1, 0.97, 0.93, 0.4, 0.2, 0.1, 0.1],
+    )  # fmt: skip
+    assert choice == (4, pytest.approx(0.93))
+
+
+@pytest.mark.parametrize("k_star", [3, 4, 5])
+def test_default_criterion_recovers_k_star_of_a_trained_simplex(k_star):
+    """Known answer end to end: a k*-vertex simplex in a rank-8 subspace of R^64, at the size
+    of real cluster reconstructions, AANets for k = 2..7 in one stack, then the default."""
+    from featgeo.archetypes.aanet import span_basis
+    from featgeo.archetypes.batched import ModelSpec, train_stack
+    from featgeo.archetypes.config import AANetConfig
+    from featgeo.archetypes.criteria import inside_fraction
+    from featgeo.archetypes.extrema import diffusion_extrema
+    from featgeo.archetypes.sources import ArrayBatches
+    from featgeo.archetypes.synthetic import simplex_points
+
+    ks = list(range(2, 8))
+    data = simplex_points(1500, k_star, d=64, rank=8, alpha=1.0, noise=0.01, seed=10 + k_star)
+    X = data.X * 28.0
+    Y = X @ span_basis(X)
+    anchors = Y[diffusion_extrema(Y, ks[-1])]
+    source = ArrayBatches([Y], [anchors], batch_size=256, d_model=[64])
+    fits = train_stack([ModelSpec(k, 0, k) for k in ks], source, AANetConfig())
+    choice = select_k(
+        [f.final["recon"] for f in fits],
+        [f.final["archetypal"] for f in fits],
+        ks,
+        inside=[inside_fraction(Y, anchors[:k]) for k in ks],
+    )
+    assert choice.k == k_star

@@ -161,3 +161,19 @@ def test_the_default_criterion_finds_the_planted_vertices(trained):
     rare = choose_k(by_cluster[2])  # k = 4, 5 were not trained: no answer
     assert rare.k is None and np.isnan(rare.strength)
     assert all(0.0 <= r.inside_fraction <= 1.0 for r in by_cluster[0])
+
+
+@pytest.mark.parametrize("value", [0, -5, 2.5, True])
+def test_models_per_stack_must_be_positive(planted, value):
+    sae, store, _ = planted
+    datas = clusters_data(sae, store, {0: CLUSTERS[0]})
+    with pytest.raises(ValueError, match="models_per_stack must be a positive int"):
+        train_cluster_aanets(datas, store.n_tokens, ks=[2], config=CFG, models_per_stack=value)
+
+
+def test_choose_k_refuses_mixed_clusters(trained):
+    from featgeo.archetypes.engine import choose_k
+
+    _, results = trained
+    with pytest.raises(ValueError, match="strictly increasing"):
+        choose_k([r for r in results if r.k == 3])

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from featgeo.archetypes.batched import LOSS_NAMES, ModelSpec, train_stack
+from featgeo.archetypes.batched import LOSS_NAMES, ModelSpec, check_device, train_stack
 from featgeo.archetypes.config import AANetConfig
 from featgeo.archetypes.network import decode, encode
 from featgeo.archetypes.simplex import barycentric, simplex_vertices
@@ -33,6 +33,10 @@ SUBSPACE_RTOL = 1e-5
 """Singular values below this fraction of the largest do not count towards the span's rank."""
 
 
+_KEYS = ("k", "n_features_in", "space", "config", "params", "basis", "extrema", "loss_curve",
+         "stop_reason")  # fmt: skip
+
+
 class NotFittedError(ValueError, AttributeError):
     """Raised when an unfitted AANet is used."""
 
@@ -41,7 +45,7 @@ def span_basis(X: np.ndarray, rtol: float = SUBSPACE_RTOL) -> np.ndarray:
     """Orthonormal basis ``[d, r]`` of the row span of ``X [n, d]`` (SVD; r = numerical rank)."""
     _, s, vt = np.linalg.svd(np.asarray(X, dtype=np.float64), full_matrices=False)
     rank = max(1, int((s > rtol * s[0]).sum())) if s.size and s[0] > 0 else 1
-    return vt[:rank].T.astype(np.float32)
+    return np.ascontiguousarray(vt[:rank].T, dtype=np.float32)
 
 
 def _check_X(X, name: str = "X") -> np.ndarray:
@@ -102,10 +106,20 @@ class AANet:
         k = self.k
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
             raise ValueError(f"k must be an int >= 2 (an AANet needs two archetypes), got {k!r}")
-        k = int(k)
+        k = self.k = int(k)
         if self.space not in ("subspace", "full"):
             raise ValueError(f"space must be 'subspace' or 'full', got {self.space!r}")
+        if self.config is not None and not isinstance(self.config, AANetConfig):
+            raise TypeError(f"config must be an AANetConfig, got {type(self.config).__name__}")
         config = self.config or AANetConfig()
+        for name, value, low in (("knn", self.knn, 1), ("max_warmup", self.max_warmup, k)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+                raise ValueError(f"{name} must be an int >= {low} (k={k}), got {value!r}")
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int | np.integer)
+        ):
+            raise ValueError(f"batch_size must be a positive int or None, got {self.batch_size!r}")
+        device = check_device(self.device)
         X = _check_X(X)
         if X.shape[0] < k + MIN_POINTS_EXTRA:
             raise ValueError(
@@ -118,16 +132,30 @@ class AANet:
             warm = np.random.default_rng(config.seed).permutation(X.shape[0])[: self.max_warmup]
             idx = warm[diffusion_extrema(X[warm], k, knn=self.knn, seed=config.seed)]
         else:
-            idx = np.asarray(self.extrema, dtype=np.int64).reshape(-1)
-            if idx.size < k or idx.min() < 0 or idx.max() >= X.shape[0]:
-                raise ValueError(f"extrema must be >= {k} row indices of X, got {idx.tolist()}")
-            idx = idx[:k]
+            idx = np.asarray(self.extrema).reshape(-1)
+            if (
+                not np.issubdtype(idx.dtype, np.integer)
+                or idx.size < k
+                or idx.min() < 0
+                or idx.max() >= X.shape[0]
+                or np.unique(idx[:k]).size < k
+            ):
+                raise ValueError(
+                    f"extrema must be at least {k} distinct row indices of X (0..{X.shape[0] - 1}),"
+                    f" got {idx.tolist()}"
+                )
+            idx = idx[:k].astype(np.int64)
         basis = span_basis(X) if self.space == "subspace" else None
         Y = X @ basis if basis is not None else X
         source = ArrayBatches(
             [Y], [Y[idx]], batch_size=self.batch_size, seed=config.seed, d_model=[X.shape[1]]
         )
-        fit = train_stack([ModelSpec(k, 0, config.seed)], source, config, device=self.device)[0]
+        fit = train_stack([ModelSpec(k, 0, config.seed)], source, config, device=device)[0]
+        if not np.isfinite(fit.curve).all():
+            raise ValueError(
+                "AANet training diverged (a loss became NaN or infinite): lower config.lr or "
+                "rescale X"
+            )
         self._set_fitted(fit.params, basis, X[idx], fit.curve, fit.stop_reason, config, X.shape[1])
         return self
 
@@ -214,6 +242,9 @@ class AANet:
                 f"AANet file format version {data.get('format_version')} is not supported "
                 f"(this featgeo reads version {FORMAT_VERSION}); refit the model"
             )
+        missing = sorted(set(_KEYS) - set(data))
+        if missing:
+            raise ValueError(f"AANet file is missing {missing}; save models with AANet.save")
         config = AANetConfig.from_dict(data["config"])
         net = cls(k=int(data["k"]), config=config, space=data["space"])
         basis = data["basis"]
@@ -237,7 +268,11 @@ class AANet:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is one message
-            raise ValueError(f"{path} is not a readable AANet file: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"{path} is not an AANet file written by featgeo ({first[:120]}); "
+                "save models with AANet.save"
+            ) from None
         return cls.from_dict(data)
 
     def __repr__(self) -> str:

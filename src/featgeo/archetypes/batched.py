@@ -55,6 +55,9 @@ class BatchSource(Protocol):
 
     dims: np.ndarray
     d_model: np.ndarray
+    outer_lr_scale: np.ndarray | None
+    """Optional step multiplier per dataset for the first and last layer (see
+    :func:`featgeo.archetypes.sources.outer_lr_scale`); None = 1."""
 
     def extrema(self, i: int) -> torch.Tensor:
         """float32 ``[n_extrema, D_i]``, the points prepended to every batch (first k used)."""
@@ -103,6 +106,11 @@ def final_losses(curve: np.ndarray, window: int) -> dict[str, float]:
 class _Stack:
     """Per-model state of the models still training, as stacked tensors (leading axis M)."""
 
+    PER_MODEL = ("k", "seeds", "bmask", "bary_a", "bary_c", "kmask", "ext", "d_model",
+                 "outer_scale", "lr", "plateau_best", "plateau_bad", "smooth_best", "smooth_since",
+                 "ids")  # fmt: skip
+    """Tensor attributes with one entry per model (besides parameters and Adam moments)."""
+
     def __init__(self, specs, source, config, device, dtype):
         self.config, self.device, self.dtype = config, device, dtype
         hidden = config.hidden
@@ -147,6 +155,9 @@ class _Stack:
             self.ext[m, :k, : points.shape[1]] = points
         self.eye = torch.eye(self.k_max, device=device, dtype=dtype)
         self.d_model = torch.as_tensor(np.asarray(source.d_model)[self.data], dtype=dtype)
+        outer = getattr(source, "outer_lr_scale", None)
+        outer = np.ones(len(source.dims)) if outer is None else np.asarray(outer, dtype=float)
+        self.outer_scale = torch.as_tensor(outer[self.data], dtype=dtype)
         self.lr = torch.full((len(specs),), float(config.lr), dtype=torch.float64)
         self.plateau_best = torch.full((len(specs),), math.inf, dtype=torch.float64)
         self.plateau_bad = torch.zeros(len(specs), dtype=torch.int64)
@@ -154,22 +165,7 @@ class _Stack:
         self.smooth_since = torch.zeros(len(specs), dtype=torch.int64)
         for name in ("bmask", "bary_a", "bary_c", "kmask", "ext"):
             setattr(self, name, getattr(self, name).to(dtype))
-        for name in (
-            "k",
-            "seeds",
-            "bmask",
-            "bary_a",
-            "bary_c",
-            "kmask",
-            "ext",
-            "d_model",
-            "lr",
-            "plateau_best",
-            "plateau_bad",
-            "smooth_best",
-            "smooth_since",
-            "ids",
-        ):
+        for name in self.PER_MODEL:
             setattr(self, name, getattr(self, name).to(device))
 
     def __len__(self) -> int:
@@ -180,22 +176,7 @@ class _Stack:
         self.params = [p.detach()[keep].requires_grad_() for p in self.params]
         self.exp_avg = [t[keep] for t in self.exp_avg]
         self.exp_avg_sq = [t[keep] for t in self.exp_avg_sq]
-        for name in (
-            "k",
-            "seeds",
-            "bmask",
-            "bary_a",
-            "bary_c",
-            "kmask",
-            "ext",
-            "d_model",
-            "lr",
-            "plateau_best",
-            "plateau_bad",
-            "smooth_best",
-            "smooth_since",
-            "ids",
-        ):
+        for name in self.PER_MODEL:
             setattr(self, name, getattr(self, name)[keep])
         self.data = self.data[keep.cpu().numpy()]
 
@@ -245,15 +226,20 @@ def _clip_and_adam(stack: _Stack, step: int) -> None:
         bias1 = 1 - _BETA1**step
         bias2_sqrt = math.sqrt(1 - _BETA2**step)
         step_size = (stack.lr / bias1).to(stack.dtype)
-        for p, g, m, v in zip(stack.params, grads, stack.exp_avg, stack.exp_avg_sq, strict=True):
+        last = len(stack.params) - 2
+        for i, (p, g, m, v) in enumerate(
+            zip(stack.params, grads, stack.exp_avg, stack.exp_avg_sq, strict=True)
+        ):
             shape = (-1,) + (1,) * (p.dim() - 1)
+            # Input and output layers touch the data dimension: see ``outer_lr_scale``.
+            size = step_size * stack.outer_scale if i in (0, last, last + 1) else step_size
             g = g * coef.view(shape)
             if cfg.weight_decay:
                 g = g.add(p, alpha=cfg.weight_decay)
             m.lerp_(g, 1 - _BETA1)
             v.mul_(_BETA2).addcmul_(g, g, value=1 - _BETA2)
             denom = (v.sqrt() / bias2_sqrt).add_(_EPS)
-            p.sub_(step_size.view(shape) * m / denom)
+            p.sub_(size.view(shape) * m / denom)
             p.grad = None
 
 
@@ -279,6 +265,22 @@ def _early_stop(stack: _Stack, curves: torch.Tensor, step: int) -> torch.Tensor:
     stack.smooth_best = torch.where(improved, smooth, stack.smooth_best)
     stack.smooth_since = torch.where(improved, step, stack.smooth_since)
     return ~improved & (step - stack.smooth_since >= cfg.early_stop_patience)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``auto`` / ``cpu`` / ``cuda[:N]`` as a torch device; a CUDA request without CUDA, or an
+    unknown name, is a ``ValueError`` naming the fix."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was requested but CUDA is not available; use 'cpu'")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {str(device)!r}")
+    return device
 
 
 def is_check_step(step: int, config: AANetConfig) -> bool:
@@ -332,10 +334,16 @@ def train_stack(
     """
     if not specs:
         return []
-    device = torch.device(device)
+    device = check_device(device)
+    n_data = len(source.dims)
     for spec in specs:
-        if spec.k < 2 or spec.k > MAX_ROW_SLOTS_EXTREMA:
-            raise ValueError(f"k must lie in 2..{MAX_ROW_SLOTS_EXTREMA}, got {spec.k}")
+        for name, value, low, high in (("k", spec.k, 2, MAX_ROW_SLOTS_EXTREMA),
+                                       ("data", spec.data, 0, n_data - 1),
+                                       ("seed", spec.seed, 0, 2**63 - 1)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise TypeError(f"ModelSpec.{name} must be an int, got {value!r}")
+            if not low <= value <= high:
+                raise ValueError(f"ModelSpec.{name} must lie in {low}..{high}, got {value}")
     stack = _Stack(list(specs), source, config, device, dtype)
     curves = torch.zeros(len(specs), config.max_steps, 4, device=device, dtype=dtype)
     stopped_at = [0] * len(specs)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,9 @@ class AANetConfig:
     def __post_init__(self) -> None:
         def positive(name: str, integer: bool = False) -> None:
             value = getattr(self, name)
-            kind = int if integer else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
-                what = "a positive int" if integer else "a positive number"
+            kind = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+            if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < math.inf:
+                what = "a positive int" if integer else "a positive finite number"
                 raise ValueError(f"AANetConfig.{name} must be {what}, got {value!r}")
 
         for name in ("lr", "grad_clip", "min_lr", "lr_threshold"):
@@ -75,15 +79,44 @@ class AANetConfig:
             "early_stop_delta",
         ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"AANetConfig.{name} must be a number >= 0, got {value!r}")
-        if not 0 < self.lr_factor < 1:
+            numeric = isinstance(value, (int, float, np.integer, np.floating))
+            if isinstance(value, bool) or not numeric or not 0 <= value < math.inf:
+                raise ValueError(f"AANetConfig.{name} must be a finite number >= 0, got {value!r}")
+        if (
+            isinstance(self.lr_factor, bool)
+            or not isinstance(self.lr_factor, (int, float))
+            or not (0 < self.lr_factor < 1)
+        ):
             raise ValueError(f"AANetConfig.lr_factor must lie in (0, 1), got {self.lr_factor!r}")
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, (int, np.integer))
+            or not (0 <= self.seed < 2**32)
+        ):
+            raise ValueError(f"AANetConfig.seed must be an int in 0..2**32-1, got {self.seed!r}")
+        if self.min_lr >= self.lr:
+            raise ValueError(
+                f"AANetConfig.min_lr ({self.min_lr}) must be below lr ({self.lr}): training "
+                "stops once the learning rate reaches min_lr"
+            )
+        try:
+            json.dumps(self.extra, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(
+                "AANetConfig.extra must hold only JSON values (str, int, float, bool, None, "
+                "lists, dicts): it is saved with every model"
+            ) from None
+        if isinstance(self.hidden, int) or not isinstance(self.hidden, (tuple, list)):
+            raise ValueError(f"AANetConfig.hidden must be a tuple of ints, got {self.hidden!r}")
         if not self.hidden or any(
-            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden
+            isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1
+            for h in self.hidden
         ):
             raise ValueError(f"AANetConfig.hidden must be positive ints, got {self.hidden!r}")
-        object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        for name in ("lr_patience", "max_steps", "smoothing_window", "final_window",
+                     "early_stop_patience", "seed"):  # fmt: skip
+            object.__setattr__(self, name, int(getattr(self, name)))
 
     @property
     def check_interval(self) -> int:
@@ -97,6 +130,8 @@ class AANetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AANetConfig:
+        if not isinstance(data, dict):
+            raise TypeError(f"AANetConfig.from_dict needs a dict, got {type(data).__name__}")
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from featgeo.archetypes.elbow import elbow
+from featgeo.archetypes.elbow import _check_ks, elbow
 
 KNEE_FRACTION = 0.1
 """``recon_knee``: k is the first whose recon is within this fraction of the recon range of the
@@ -177,10 +177,14 @@ def select_k(
         ValueError: unknown criterion, length mismatch, missing inside fractions.
     """
     fn = get_criterion(criterion)
-    recon_arr = np.asarray(recon, dtype=np.float64).reshape(-1)
-    arch_arr = np.asarray(archetypal, dtype=np.float64).reshape(-1)
-    ks_arr = np.asarray(ks, dtype=np.int64).reshape(-1)
+    ks_arr = _check_ks(ks)  # strictly increasing ints, clear errors (the elbow metrics' rules)
+    recon_arr = np.asarray(recon, dtype=np.float64)
+    arch_arr = np.asarray(archetypal, dtype=np.float64)
+    if recon_arr.ndim != 1 or arch_arr.ndim != 1:
+        raise ValueError("recon and archetypal must be 1-D (one loss per k) for one cluster")
     inside_arr = None if inside is None else np.asarray(inside, dtype=np.float64).reshape(-1)
+    if inside_arr is not None and ((inside_arr < 0) | (inside_arr > 1)).any():
+        raise ValueError("inside fractions must lie in [0, 1] (NaN for an untrained model)")
     if not recon_arr.size == arch_arr.size == ks_arr.size or (
         inside_arr is not None and inside_arr.size != ks_arr.size
     ):

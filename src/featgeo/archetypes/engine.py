@@ -10,7 +10,8 @@ Every cluster gets one set of k_max diffusion extrema (sliced to the first k per
 model is trained in stacks by :func:`featgeo.archetypes.batched.train_stack`, and a model whose
 cluster has fewer than k + ``MIN_POINTS_EXTRA`` active tokens is not trained: it is returned with
 status ``too_few_points`` and NaN losses. Seeds are a function of (seed, cluster id, k) only, so a
-model trains the same whichever clusters are trained with it (and a resumed run reproduces it).
+model trains the same whichever clusters are trained with it (exactly in float64; in float32 to
+rounding, as padded matmuls sum in another order), and a resumed run reproduces it.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import numpy as np
 import torch
 
 from featgeo.archetypes.aanet import AANet
-from featgeo.archetypes.batched import LOSS_NAMES, AANetFit, ModelSpec, train_stack
+from featgeo.archetypes.batched import LOSS_NAMES, AANetFit, ModelSpec, check_device, train_stack
 from featgeo.archetypes.config import AANetConfig
 from featgeo.archetypes.criteria import DEFAULT_CRITERION, KChoice, inside_fraction, select_k
 from featgeo.archetypes.data import ClusterData, has_enough_points
 from featgeo.archetypes.sources import ClusterBatches, cluster_extrema
 
-STATUSES = ("ok", "too_few_points")
+STATUSES = ("ok", "too_few_points", "diverged")
 
 
 @dataclass
@@ -39,7 +40,8 @@ class ClusterFit:
     cluster_id: int
     k: int
     status: str
-    """``ok`` or ``too_few_points`` (not trained: fewer than k + MIN_POINTS_EXTRA tokens)."""
+    """``ok``; ``too_few_points`` (not trained: fewer than k + MIN_POINTS_EXTRA tokens);
+    ``diverged`` (a loss became NaN or infinite: lower the learning rate)."""
     n_active: int
     fit: AANetFit | None = None
     extrema: np.ndarray | None = None
@@ -61,12 +63,21 @@ def model_seed(seed: int, cluster_id: int, k: int) -> int:
     return (int(seed) * 1_000_003 + int(cluster_id) * 64 + int(k)) % (2**31 - 1)
 
 
+def _check_config(config) -> AANetConfig:
+    if config is None:
+        return AANetConfig()
+    if not isinstance(config, AANetConfig):
+        raise TypeError(f"config must be an AANetConfig, got {type(config).__name__}")
+    return config
+
+
 def check_ks(ks: Sequence[int]) -> list[int]:
     """Validated k values: distinct ints >= 2, ascending. Raises ValueError naming the fix."""
-    try:
-        values = sorted({int(k) for k in ks})
-    except (TypeError, ValueError):
-        raise ValueError(f"ks must be integers >= 2, got {ks!r}") from None
+    if isinstance(ks, str) or not all(
+        isinstance(k, int | np.integer) and not isinstance(k, bool) for k in ks
+    ):
+        raise ValueError(f"ks must be integers >= 2, got {ks!r}")
+    values = sorted({int(k) for k in ks})
     if not values or values[0] < 2:
         raise ValueError(f"every k must be >= 2 (an AANet needs two archetypes), got {ks!r}")
     if values[-1] > 64:
@@ -76,10 +87,15 @@ def check_ks(ks: Sequence[int]) -> list[int]:
 
 def k_range(k_min: int, k_max: int) -> list[int]:
     """``k_min..k_max`` inclusive, with a clear error when the range is empty or k_min < 2."""
+    for name, value in (("k_min", k_min), ("k_max", k_max)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise ValueError(f"{name} must be an int, got {value!r}")
     if k_min < 2:
         raise ValueError(f"k_min must be >= 2 (an AANet needs two archetypes), got {k_min}")
     if k_min > k_max:
         raise ValueError(f"k_min ({k_min}) must be <= k_max ({k_max}); swap them")
+    if k_max > 64:
+        raise ValueError(f"k_max must be at most 64, got {k_max}")
     return list(range(k_min, k_max + 1))
 
 
@@ -116,19 +132,25 @@ def train_cluster_aanets(
         knn, max_warmup: diffusion-extrema graph (SPEC §3: 150 neighbours, 1000 points).
         device: where the stacks train; dtype: their compute precision.
         models_per_stack: at most this many models per stack (clusters sorted by their number
-            of active tokens, so stack-mates need similar padding); None = one stack; "auto"
-            = :func:`auto_models_per_stack` (results do not depend on it).
+            of active tokens, so stack-mates need similar padding; a stack holds at least one
+            cluster's models); None = one stack; "auto" = :func:`auto_models_per_stack`.
         on_step: ``(step, n_models_training)`` after every step of every stack.
         on_stack_done: called with the finished :class:`ClusterFit` of each stack (checkpoints).
 
     Raises:
         ValueError: bad ``ks`` or sizes. Clusters with too few points are not an error.
     """
-    from featgeo.models.loading import resolve_device
-
     ks = check_ks(ks)
-    config = config or AANetConfig()
-    device = resolve_device(device) if isinstance(device, str) else device
+    config = _check_config(config)
+    device = check_device(device)
+    if models_per_stack not in (None, "auto") and (
+        isinstance(models_per_stack, bool)
+        or not isinstance(models_per_stack, int)
+        or models_per_stack < 1
+    ):
+        raise ValueError(
+            f"models_per_stack must be a positive int, None or 'auto', got {models_per_stack!r}"
+        )
     k_max = ks[-1]
     results: dict[tuple[int, int], ClusterFit] = {}
     trainable: list[int] = []
@@ -194,7 +216,8 @@ def _train_group(datas, n_tokens, ks, k_max, config, opts) -> list[tuple[int, in
         j, k = fit.spec.data, fit.spec.k
         d = datas[j]
         inside = inside_fraction(warmups[j], extrema[j][:k])
-        result = ClusterFit(d.cluster_id, k, "ok", d.n_active, fit, extrema[j][:k], inside)
+        status = "ok" if np.isfinite(fit.curve).all() else "diverged"
+        result = ClusterFit(d.cluster_id, k, status, d.n_active, fit, extrema[j][:k], inside)
         out.append((j, k, result))
     return out
 
@@ -215,6 +238,7 @@ def choose_k(results: Sequence[ClusterFit], criterion: str = DEFAULT_CRITERION) 
 def to_aanet(result: ClusterFit, data: ClusterData, config: AANetConfig) -> AANet:
     """The trained model of ``result`` as an :class:`AANet` estimator in d_model coordinates
     (its ``basis_`` maps inputs into the cluster's subspace when it trained there)."""
+    config = _check_config(config)
     if result.fit is None:
         raise ValueError(
             f"cluster {result.cluster_id} k={result.k} was not trained ({result.status})"

@@ -78,14 +78,25 @@ def train_one(
     k = spec.k
     model = AANetModule(d, k, config.hidden).to(device, dtype)
     model.load_flat(init_params(d, k, config.hidden, spec.seed))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # Group 0: the hidden layers; group 1: the data-facing first and last layer, whose step
+    # subspace coordinates scale (featgeo.archetypes.sources.outer_lr_scale; 1 in the full space).
+    outer = getattr(source, "outer_lr_scale", None)
+    scale = 1.0 if outer is None else float(outer[spec.data])
+    first, last = model.encoder[0], model.decoder[-1]
+    outer_params = [first.weight, last.weight, last.bias]
+    inner = [p for p in model.parameters() if all(p is not q for q in outer_params)]
+    optimizer = torch.optim.Adam(
+        [{"params": inner}, {"params": outer_params, "lr": config.lr * scale}],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer,
         mode="min",
         factor=config.lr_factor,
         patience=config.lr_patience,
         threshold=config.lr_threshold,
-        min_lr=config.min_lr,
+        min_lr=[config.min_lr, config.min_lr * scale],
     )
     extrema = source.extrema(spec.data)[:k].to(device, dtype)
     eye = torch.eye(k, device=device, dtype=dtype)

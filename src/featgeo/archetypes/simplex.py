@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -21,8 +22,9 @@ def simplex_vertices(k: int, *, dtype: torch.dtype = torch.float64) -> torch.Ten
 
     Returns ``[k, k-1]``. Raises ``ValueError`` for k < 2.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 2:
         raise ValueError(f"k must be an int >= 2 (an AANet needs two archetypes), got {k!r}")
+    k = int(k)
     helmert = torch.zeros(k - 1, k, dtype=torch.float64)  # orthonormal rows, each orthogonal to 1
     for j in range(1, k):
         helmert[j - 1, :j] = 1.0

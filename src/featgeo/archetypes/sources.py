@@ -15,6 +15,22 @@ import torch
 from featgeo.archetypes.network import _mix32
 
 
+def outer_lr_scale(dims: np.ndarray, d_model: np.ndarray) -> np.ndarray:
+    """Step multiplier of the first and last layer for data in r < d_model subspace coordinates:
+    ``sqrt(2/pi * d_model / r)`` (1 in the full space).
+
+    Why: Adam normalises each coordinate, so it is not rotation invariant. In d_model
+    coordinates the input layer's update has d_model sign-like entries per unit, and its part
+    inside the r-dimensional span of the data is about sqrt(2/pi) sqrt(d_model) long (the mean
+    |N(0,1)| is sqrt(2/pi)), against sqrt(r) for the same layer in r coordinates; likewise for
+    the output layer. Scaling those two layers' steps keeps subspace training close to training
+    in the full space (measured in ``docs/archetypes.md``); the hidden layers are the same.
+    """
+    dims = np.asarray(dims, dtype=np.float64)
+    d_model = np.asarray(d_model, dtype=np.float64)
+    return np.where(dims < d_model, np.sqrt(2 / np.pi * d_model / dims), 1.0)
+
+
 def _check_points(name: str, points) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(points, dtype=np.float32))
     if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
@@ -62,6 +78,7 @@ class ArrayBatches:
                 raise ValueError(f"extrema[{i}] has {e.shape[1]} columns, arrays[{i}] {a.shape[1]}")
         self.dims = np.array([a.shape[1] for a in self.arrays], dtype=np.int64)
         self.d_model = np.asarray(d_model if d_model is not None else self.dims, dtype=np.int64)
+        self.outer_lr_scale = outer_lr_scale(self.dims, self.d_model)
         if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
         self.batch_size = batch_size
@@ -99,6 +116,7 @@ class ClusterBatches:
         self._extrema = [_check_points(f"extrema[{i}]", e) for i, e in enumerate(extrema)]
         self.dims = np.array([d.dim for d in self.datas], dtype=np.int64)
         self.d_model = np.array([d.d_model for d in self.datas], dtype=np.int64)
+        self.outer_lr_scale = outer_lr_scale(self.dims, self.d_model)
         self.steps = StepBatches(self.datas, n_tokens, batch_tokens=batch_tokens, seed=seed)
 
     def extrema(self, i: int) -> torch.Tensor:
@@ -135,4 +153,4 @@ def cluster_extrema(
     return (points, anchors) if return_points else anchors
 
 
-__all__ = ["ArrayBatches", "ClusterBatches", "cluster_extrema", "draw_rows"]
+__all__ = ["ArrayBatches", "ClusterBatches", "cluster_extrema", "draw_rows", "outer_lr_scale"]
