@@ -14,8 +14,6 @@ import math
 
 import torch
 
-from featgeo.archetypes.simplex import barycentric_operator
-
 MAX_ROW_SLOTS_EXTREMA = 64
 """Noise keys: extrema rows use slots 0..63, data rows start at 64 (so k <= 64)."""
 _MASK32 = 0xFFFFFFFF
@@ -108,40 +106,12 @@ def decode(params: list[torch.Tensor], z: torch.Tensor, hidden: tuple[int, ...])
     return h
 
 
-def losses(
-    params: list[torch.Tensor],
-    x: torch.Tensor,
-    k: int,
-    noise: torch.Tensor,
-    *,
-    hidden: tuple[int, ...],
-    noise_std: float,
-    recon_scale: float,
-) -> dict[str, torch.Tensor]:
-    """Losses of one model on one batch (SPEC §3), rows laid out as k extrema then data.
-
-    ``x [k + n, D]``; ``noise [k + n, k-1]`` standard normal. recon = ``sum((x_hat - x)^2) *
-    recon_scale / rows`` with ``recon_scale = 1 / d_model`` (an MSE over d_model elements).
-    """
-    z = encode(params, x, hidden)
-    a, c = barycentric_operator(k, dtype=z.dtype)
-    lam = z @ a.to(z.device) + c.to(z.device)
-    x_hat = decode(params, z + noise_std * noise, hidden)
-    rows = x.shape[0]
-    recon = ((x_hat - x) ** 2).sum() * recon_scale / rows
-    archetypal = (torch.relu(-lam).sum(dim=1) ** 2).mean()
-    eye = torch.eye(k, dtype=lam.dtype, device=lam.device)
-    extrema = ((lam[:k] - eye) ** 2).mean()
-    return {"recon": recon, "archetypal": archetypal, "extrema": extrema}
-
-
 __all__ = [
     "bottleneck_noise",
     "decode",
     "encode",
     "init_params",
     "layer_sizes",
-    "losses",
     "noise_keys",
     "row_slots",
 ]

@@ -15,7 +15,13 @@ from torch import nn
 
 from featgeo.archetypes.batched import AANetFit, ModelSpec, final_losses, is_check_step
 from featgeo.archetypes.config import AANetConfig
-from featgeo.archetypes.network import bottleneck_noise, init_params, layer_sizes, noise_keys
+from featgeo.archetypes.network import (
+    bottleneck_noise,
+    init_params,
+    layer_sizes,
+    noise_keys,
+    row_slots,
+)
 from featgeo.archetypes.simplex import barycentric_operator
 
 
@@ -106,7 +112,7 @@ def train_one(
     for step in range(1, config.max_steps + 1):
         data = source.batch(step, np.array([spec.data]))[0].to(device, dtype)
         x = torch.cat([extrema, data])
-        slots = torch.cat([torch.arange(k), 64 + torch.arange(data.shape[0])])
+        slots = row_slots(k, data.shape[0])
         noise = bottleneck_noise(seed, step, noise_keys(slots, k - 1))[0].to(device, dtype)
         x_hat, lam = model(x, config.noise_std * noise)
         recon = ((x_hat - x) ** 2).sum() / (x.shape[0] * d_model)
