@@ -171,6 +171,13 @@ def test_models_per_stack_must_be_positive(planted, value):
         train_cluster_aanets(datas, store.n_tokens, ks=[2], config=CFG, models_per_stack=value)
 
 
+def test_warmup_smaller_than_k_max_is_named(planted):
+    sae, store, _ = planted
+    datas = clusters_data(sae, store, {0: CLUSTERS[0]})
+    with pytest.raises(ValueError, match=r"max_warmup must be an int >= 5 \(k_max=5\)"):
+        train_cluster_aanets(datas, store.n_tokens, ks=range(2, 6), config=CFG, max_warmup=2)
+
+
 def test_choose_k_refuses_mixed_clusters(trained):
     from featgeo.archetypes.engine import choose_k
 

@@ -152,6 +152,9 @@ def train_cluster_aanets(
             f"models_per_stack must be a positive int, None or 'auto', got {models_per_stack!r}"
         )
     k_max = ks[-1]
+    for name, value, low in (("knn", knn, 1), ("max_warmup", max_warmup, k_max)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"{name} must be an int >= {low} (k_max={k_max}), got {value!r}")
     results: dict[tuple[int, int], ClusterFit] = {}
     trainable: list[int] = []
     for i, data in enumerate(datas):
