@@ -151,6 +151,15 @@ def test_bad_configs(kwargs, match):
         AANetConfig(**kwargs)
 
 
+def test_config_from_dict_checks_its_input():
+    with pytest.raises(TypeError, match="needs a dict"):
+        AANetConfig.from_dict(None)
+    with pytest.raises(ValueError, match="unknown AANetConfig fields"):
+        AANetConfig.from_dict({"learning_rate": 1.0})
+    cfg = AANetConfig(lr=0.01, hidden=(16, 8))
+    assert AANetConfig.from_dict(cfg.to_dict()) == cfg
+
+
 def test_bad_device_and_divergence_are_one_line_errors():
     data = simplex_points(200, 3, d=12, rank=4, seed=0)
     if not torch.cuda.is_available():

@@ -12,6 +12,7 @@ from featgeo.activations.store import build_store
 from featgeo.archetypes.config import AANetConfig
 from featgeo.archetypes.data import MIN_POINTS_EXTRA, clusters_data
 from featgeo.archetypes.engine import (
+    STATUSES,
     check_ks,
     k_range,
     model_seed,
@@ -84,6 +85,7 @@ def test_every_cluster_and_k_has_a_result_in_order(trained):
         "too_few_points",
     ]
     assert by[(2, 4)].fit is None and np.isnan(by[(2, 4)].final["recon"])
+    assert {r.status for r in results} <= set(STATUSES)
     assert by[(0, 3)].n_active == len(datas[0].token_rows) == N_TOKENS // 2
 
 
