@@ -58,6 +58,12 @@ demo: data
 		--json $(DEMO_OUT)/saes/layer6-demo-eval.json
 	$(PY) -m featgeo sae cluster $(DEMO_OUT)/saes/layer6-demo --n-clusters 128,256 --method kmeans \
 		--store-tokens 65536 --out $(DEMO_OUT)/sae_clusters
+	# Stage 1 of seed 002 on those clusters: an AANet per (cluster, k = 2..8). The demo trains at
+	# most 200 steps (early stop after 50) on 1024-token draws; the defaults are 3000 / 250 / 4096.
+	# One thread: the stacks are many small matmuls, where a second thread costs more than it adds.
+	OMP_NUM_THREADS=1 $(PY) -m featgeo aanet stage1 --sae $(DEMO_OUT)/saes/layer6-demo --n-clusters 128,256 \
+		--clusters-dir $(DEMO_OUT)/sae_clusters --store-tokens 65536 --max-steps 200 \
+		--early-stop-patience 50 --batch-tokens 1024 --save-dir $(DEMO_OUT)/real_data_analysis_canonical
 
 # The sae-lens parity tests run in SAELens' own environment (it pins its own transformers), where
 # a missing sae_lens fails instead of skipping; then the whole suite runs in .venv.

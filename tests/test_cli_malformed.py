@@ -38,9 +38,10 @@ def leaf_commands(group=ROOT, path: tuple[str, ...] = ()) -> dict:
 COMMANDS = leaf_commands()
 
 # Path-like parameters by option string (or argument name): what they expect.
-INPUT_FOLDERS = {"--model", "--corpus", "--matrices-dir", "--results-dir", "--seeds-dir", "path"}
+INPUT_FOLDERS = {"--model", "--corpus", "--matrices-dir", "--results-dir", "--seeds-dir", "path",
+                 "--sae", "--clusters-dir"}
 INPUT_FILES = {"matrix", "--scan-csv", "--from"}
-OUTPUT_FOLDERS = {"--out", "--output-dir"}
+OUTPUT_FOLDERS = {"--out", "--output-dir", "--save-dir"}
 OUTPUT_FILES = {"--output-json", "--json"}
 PATH_PARAMS = INPUT_FOLDERS | INPUT_FILES | OUTPUT_FOLDERS | OUTPUT_FILES
 
@@ -135,6 +136,8 @@ def base_args(command: str, valid: dict, tmp: Path) -> dict[str, str]:
         "sae store": {"path": valid["path"], **small_store},
         "sae cluster": {"path": valid["path"], **small_store, "--n-clusters": "2",
                         "--out": tmp / "clusters"},
+        "aanet stage1": {"--sae": valid["path"], **small_store, "--n-clusters": "2",
+                         "--k-max": "3", "--max-steps": "20", "--save-dir": tmp / "stage1"},
     }  # fmt: skip
     return {k: str(v) for k, v in args[command].items()}
 

@@ -159,6 +159,34 @@ def check_output_dir(
         )
 
 
+def check_writable_dir(path: str | os.PathLike, option: str) -> None:
+    """Refuse, before any work, an output folder that cannot be written: a probe file is made
+    and removed in ``path`` or, when it does not exist yet, in its nearest existing parent
+    (nothing is left behind; works for root too, unlike ``os.access``).
+
+    Raises:
+        InputError: the folder (or the parent it would be created in) is not writable.
+    """
+    import tempfile
+
+    from featgeo.errors import InputError
+
+    path = Path(path)
+    base = path
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        return  # a file on the way is check_output_dir's error
+    try:
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"{option} '{path}' cannot be written ({exc.strerror or exc} in '{base}'); pass a "
+            "folder you can write to"
+        ) from None
+
+
 def _check_no_file_above(path: Path, option: str, expected: str) -> None:
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():

@@ -91,6 +91,8 @@ class AANetFit:
     """Learning rate when training stopped."""
     final: dict[str, float] = field(default_factory=dict)
     """Median of the last ``final_window`` step losses, keyed by :data:`LOSS_NAMES`."""
+    lr_curve: np.ndarray | None = None
+    """float64 ``[steps]``: the learning rate every step was taken with."""
 
     @property
     def steps(self) -> int:
@@ -346,6 +348,7 @@ def train_stack(
                 raise ValueError(f"ModelSpec.{name} must lie in {low}..{high}, got {value}")
     stack = _Stack(list(specs), source, config, device, dtype)
     curves = torch.zeros(len(specs), config.max_steps, 4, device=device, dtype=dtype)
+    lrs = torch.zeros(len(specs), config.max_steps, device=device, dtype=torch.float64)
     stopped_at = [0] * len(specs)
     reasons = [""] * len(specs)
     final_lr = [0.0] * len(specs)
@@ -358,6 +361,7 @@ def train_stack(
         _clip_and_adam(stack, step)
         per_model = per_model.detach()
         curves[stack.ids, step - 1] = per_model
+        lrs[stack.ids, step - 1] = stack.lr
         _plateau(stack, per_model[:, 0])
         if on_step is not None:
             on_step(step, len(stack))
@@ -385,6 +389,7 @@ def train_stack(
         if len(stack) == 0:
             break
     curves = curves.cpu().to(torch.float32).numpy()
+    lrs = lrs.cpu().numpy()
     dims = np.asarray(source.dims)
     fits = []
     for model, spec in enumerate(specs):
@@ -402,6 +407,7 @@ def train_stack(
                 stop_reason=reasons[model],
                 lr=final_lr[model],
                 final=final_losses(curve, config.final_window),
+                lr_curve=lrs[model, : stopped_at[model]].copy(),
             )
         )
     return fits

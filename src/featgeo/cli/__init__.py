@@ -75,6 +75,7 @@ def _root(
 
 
 def _register() -> None:
+    from featgeo.cli import aanet as aanet_cli
     from featgeo.cli import corpus as corpus_cli
     from featgeo.cli import hamming as hamming_cli
     from featgeo.cli import model as model_cli
@@ -87,6 +88,7 @@ def _register() -> None:
     app.command("ppl")(prune_cli.ppl)
     app.add_typer(hamming_cli.app, name="hamming")
     app.add_typer(sae_cli.app, name="sae")
+    app.add_typer(aanet_cli.app, name="aanet")
     _wrap_commands(app)
 
 

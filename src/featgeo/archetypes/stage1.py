@@ -1,0 +1,645 @@
+"""Stage 1 of seed 002: an AANet for every (latent cluster, k) of every n_clusters (SPEC §3).
+
+    from featgeo.archetypes.stage1 import Stage1Config, run_stage1
+
+    result = run_stage1("saes/layer6", "outputs/real_data_analysis_canonical",
+                        Stage1Config(n_clusters=(128, 256)))
+
+For every n in ``config.n_clusters`` it reads (or builds) the SAE's activation store and the
+latent clusters of ``featgeo sae cluster``, trains every (cluster, k) model in work units
+(:mod:`featgeo.archetypes.units`) and writes, in ``{save_dir}/clusters_{n}/``::
+
+    consolidated_metrics_n{n}.csv   one row per (cluster, k): the seed's columns, then featgeo's
+                                    (:mod:`featgeo.archetypes.consolidated`)
+    training_curves_n{n}.jsonl      one record per model: logged steps, the four losses, lr
+    aanet_cluster_{cid}_k{k}.pt     every trained model (:meth:`AANet.save`; torch.load with
+                                    weights_only=True reads it)
+    plots/                          the five plots of :mod:`featgeo.reports.aanet_plots`
+
+and ``{save_dir}/stage1.json`` (configuration, versions, fingerprints, per-n counts and timings).
+Latent clusters go to ``{save_dir}/latent_clusters`` unless ``clusters_dir`` names the output of
+an earlier ``featgeo sae cluster``.
+
+Resume: a ``clusters_{n}`` folder is built in its hidden sibling ``.clusters_{n}.partial`` and
+swapped into place only when complete. Each finished unit leaves its models and one record file
+there, so a killed run, started again with the same settings, trains only the units without a
+record; the plan of units depends only on the clusters and ``models_per_unit``, and every unit's
+models only on the unit, so an interrupted and an uninterrupted run write the same files. A
+save dir holding a run with other settings is refused unless ``force``, which removes that run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from featgeo.archetypes.config import AANetConfig
+from featgeo.archetypes.consolidated import (
+    COLUMNS,
+    cluster_level,
+    consolidated_rows,
+    csv_cell,
+    curve_record,
+    model_record,
+)
+from featgeo.archetypes.criteria import DEFAULT_CRITERION, get_criterion
+from featgeo.archetypes.data import SPACES, clusters_data, read_clusters
+from featgeo.archetypes.engine import auto_models_per_stack, k_range, to_aanet
+from featgeo.archetypes.executors import execute_units, resolve_workers
+from featgeo.archetypes.quality import QualityFilters
+from featgeo.archetypes.units import DTYPES, TrainUnit, plan_units
+from featgeo.files import (
+    check_output_dir,
+    check_writable_dir,
+    dumps_strict,
+    partial_dir,
+    read_json,
+    replace_dir,
+    write_csv,
+    write_json,
+    write_text,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE1_FILE = "stage1.json"
+UNITS_DIR = ".units"
+CLUSTERS_DIR = "latent_clusters"
+
+
+def csv_name(n: int) -> str:
+    return f"consolidated_metrics_n{n}.csv"
+
+
+def curves_name(n: int) -> str:
+    return f"training_curves_n{n}.jsonl"
+
+
+def model_name(cluster_id: int, k: int) -> str:
+    return f"aanet_cluster_{cluster_id}_k{k}.pt"
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """Settings of Stage 1 (defaults: SPEC §3 / seed 002's ``run_real_data_analysis.sh``)."""
+
+    n_clusters: tuple[int, ...] = (128, 256, 512, 768)
+    clustering: str = "kmeans"
+    """Latent clustering method of ``featgeo sae cluster``: kmeans, k-subspaces or spectral."""
+    k_min: int = 2
+    k_max: int = 8
+    aanet: AANetConfig = field(default_factory=AANetConfig)
+    """Training hyper-parameters; its seed seeds the clustering and every model."""
+    criterion: str = DEFAULT_CRITERION
+    """The k criterion of the ``recommended_k`` column (:mod:`featgeo.archetypes.criteria`)."""
+    filters: QualityFilters = field(default_factory=QualityFilters)
+    """Quality filters of the zoomed plot, the end table and ``passes_quality_filters``."""
+    batch_tokens: int = 4096
+    """Store tokens drawn per step; each cluster trains on its active ones."""
+    knn: int = 150
+    max_warmup: int = 1000
+    space: Literal["full", "subspace"] = "subspace"
+    models_per_unit: int | Literal["auto"] = "auto"
+    """Models trained together in one stack; "auto": 28 on CPU, 4096 on CUDA."""
+    curve_every: int = 10
+    """``training_curves``: log every this-many steps (and the last)."""
+    dtype: Literal["float32", "float64"] = "float32"
+    store_tokens: int = 262_144
+    """Tokens of the activation store (0: the whole split)."""
+    model: str | None = None
+    """Model the SAE reads (default: the SAE's metadata, else the embedded one)."""
+    layer: int | None = None
+    corpus: str = "embedded"
+    split: str = "sae_train"
+    context_size: int = 256
+
+    def __post_init__(self) -> None:
+        from featgeo.latents.methods import get_cluster_method
+        from featgeo.latents.run import parse_n_clusters
+
+        object.__setattr__(self, "n_clusters", tuple(parse_n_clusters(list(self.n_clusters))))
+        get_cluster_method(self.clustering)
+        k_range(self.k_min, self.k_max)
+        get_criterion(self.criterion)
+        if not isinstance(self.aanet, AANetConfig):
+            raise TypeError(f"aanet must be an AANetConfig, got {type(self.aanet).__name__}")
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        ints = {"batch_tokens": 1, "knn": 1, "max_warmup": self.k_max, "curve_every": 1,
+                "store_tokens": 0, "context_size": 2}  # fmt: skip
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        mpu = self.models_per_unit
+        if mpu != "auto" and (isinstance(mpu, bool) or not isinstance(mpu, int) or mpu < 1):
+            raise ValueError(f"models_per_unit must be 'auto' or an int >= 1, got {mpu!r}")
+
+    @property
+    def ks(self) -> list[int]:
+        return k_range(self.k_min, self.k_max)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that decides the results, except which n values are run."""
+        out = asdict(self)
+        out.pop("n_clusters")
+        out["aanet"] = self.aanet.to_dict()
+        out["aanet"].pop("extra", None)
+        return out
+
+
+@dataclass
+class Stage1N:
+    """What Stage 1 did for one n_clusters value."""
+
+    n_clusters: int
+    folder: Path
+    n_clusters_found: int
+    n_models: int
+    status_counts: dict[str, int]
+    n_passing: int
+    seconds: dict[str, float]
+    reused: bool = False
+
+
+@dataclass
+class Stage1Result:
+    save_dir: Path
+    per_n: list[Stage1N]
+    info: dict[str, Any]
+
+
+# -- checks before any work -------------------------------------------------------------------
+def check_save_dir(save_dir: Path, n_clusters: tuple[int, ...]) -> None:
+    """Refuse a save dir that is a file, lies under one, cannot be written, or whose
+    ``clusters_{n}`` folders hold files Stage 1 did not write."""
+    if save_dir.exists() and not save_dir.is_dir():
+        raise NotADirectoryError(f"--save-dir '{save_dir}' is a file; pass a folder path")
+    check_writable_dir(save_dir, "--save-dir")
+    for n in n_clusters:
+        check_output_dir(save_dir / f"clusters_{n}", "--save-dir", signature=(csv_name(n),))
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return out
+
+
+def _previous_run(save_dir: Path, settings: dict, force: bool) -> dict | None:
+    """The save dir's earlier run with equal settings, None when there is none (or ``force``:
+    the caller then replaces it). Other settings without ``force`` are an error."""
+    path = save_dir / STAGE1_FILE
+    if force or not path.is_file():
+        return None
+    try:
+        info = read_json(path)
+        old = info["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"{path} is not a Stage 1 record; pass --force to replace the run, or another "
+            "--save-dir"
+        ) from None
+    if json.loads(dumps_strict(old)) == json.loads(dumps_strict(settings)):
+        return info
+    diff = _differences(old, settings)
+    shown = "; ".join(diff[:4]) + ("; ..." if len(diff) > 4 else "")
+    raise FileExistsError(
+        f"--save-dir '{save_dir}' holds a Stage 1 run with other settings ({shown}); pass "
+        "--force to replace it or use another --save-dir"
+    )
+
+
+def _remove_run(save_dir: Path) -> None:
+    """Remove what an earlier Stage 1 run wrote into ``save_dir`` (``--force``)."""
+    for path in [*save_dir.glob("clusters_*"), *save_dir.glob(".clusters_*.partial")]:
+        if path.is_dir() and (
+            any(path.glob("consolidated_metrics_n*.csv"))
+            or (path / UNITS_DIR).is_dir()
+            or path.name.endswith(".partial")
+        ):
+            shutil.rmtree(path)
+    shutil.rmtree(save_dir / CLUSTERS_DIR, ignore_errors=True)
+    (save_dir / STAGE1_FILE).unlink(missing_ok=True)
+
+
+# -- the run ------------------------------------------------------------------------------------
+def run_stage1(
+    sae_path: str | Path,
+    save_dir: str | Path,
+    config: Stage1Config | None = None,
+    *,
+    clusters_dir: str | Path | None = None,
+    device: str = "auto",
+    workers: int | str = "auto",
+    force: bool = False,
+    progress: bool = True,
+) -> Stage1Result:
+    """Run Stage 1 (see the module docstring) and return what it did per n.
+
+    Raises:
+        ValueError / FileNotFoundError / FileExistsError / NotADirectoryError: bad input,
+        named with its fix, before anything is written (a save dir holding a run with other
+        settings needs ``force``).
+    """
+    from featgeo.activations.hooks import sae_hook_point
+    from featgeo.archetypes.batched import check_device
+    from featgeo.sae.saelens_format import load_sae, sae_fingerprint
+
+    config = config or Stage1Config()
+    if not isinstance(config, Stage1Config):
+        raise TypeError(f"config must be a Stage1Config, got {type(config).__name__}")
+    save_dir = Path(save_dir)
+    check_save_dir(save_dir, config.n_clusters)
+    torch_device = check_device(device)
+    workers = resolve_workers(workers, torch_device)
+    sae = load_sae(sae_path)
+    sae_hook_point(sae, config.layer)  # an SAE whose hook names no layer needs --layer
+    too_many = [n for n in config.n_clusters if n > sae.cfg.d_sae]
+    if too_many:
+        raise ValueError(
+            f"--n-clusters {max(too_many)} is larger than the SAE's {sae.cfg.d_sae} latents; use "
+            f"at most {sae.cfg.d_sae}"
+        )
+    explicit = clusters_dir is not None
+    clusters_dir = Path(clusters_dir) if explicit else save_dir / CLUSTERS_DIR
+    if explicit and not clusters_dir.is_dir():
+        raise FileNotFoundError(
+            f"--clusters-dir '{clusters_dir}' is not a folder; pass the output folder of "
+            "`featgeo sae cluster --out DIR`, or leave it out to cluster into the save dir"
+        )
+    if explicit:
+        _check_clusters_dir(clusters_dir, config.n_clusters)
+    settings = {
+        **config.settings(),
+        "sae_fingerprint": sae_fingerprint(sae),
+        "clusters_dir": str(clusters_dir) if explicit else None,
+    }
+    previous = _previous_run(save_dir, settings, force)
+    mpu = config.models_per_unit
+    if mpu == "auto":
+        planned = (previous or {}).get("plan", {}).get("models_per_unit")
+        mpu = planned if isinstance(planned, int) else auto_models_per_stack(torch_device)
+
+    start = time.perf_counter()
+    store = _store(sae, config, str(torch_device))
+    store_seconds = time.perf_counter() - start
+    _check_live_latents(store, config.n_clusters)
+    if force:  # the input is valid: now the earlier run can go
+        _remove_run(save_dir)
+    cluster_info = _latent_clusters(sae, store, str(sae_path), clusters_dir, config, explicit)
+
+    info = dict(previous or {})
+    info.update(
+        _versions(),
+        sae=str(sae_path),
+        sae_fingerprint=settings["sae_fingerprint"],
+        store=_store_info(store),
+        clusters_dir=str(clusters_dir),
+        settings=settings,
+        plan={"models_per_unit": mpu},
+        device=str(torch_device),
+        workers=workers,
+        status="running",
+    )
+    info.setdefault("completed", {})
+    info.setdefault("timings", {})["store"] = store_seconds
+    save_dir.mkdir(parents=True, exist_ok=True)
+    write_json(save_dir / STAGE1_FILE, info)
+
+    run = _Run(sae, store, str(sae_path), save_dir, config, mpu, torch_device, workers)
+    todo = [n for n in config.n_clusters if not run.finished(n, info, cluster_info[n])]
+    total = sum(len(cluster_info[n]["rows"]) * len(config.ks) for n in todo)
+    per_n = []
+    with _progress(progress, total) as bar:
+        for n in config.n_clusters:
+            if n not in todo:
+                per_n.append(run.reused(n, info["completed"][str(n)]))
+                continue
+            info["completed"][str(n)] = run.train_n(n, cluster_info[n], bar)
+            write_json(save_dir / STAGE1_FILE, info)
+            per_n.append(run.reused(n, info["completed"][str(n)], reused=False))
+    info["status"] = "complete"
+    write_json(save_dir / STAGE1_FILE, info)
+    return Stage1Result(save_dir, per_n, info)
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    from featgeo import __version__
+
+    return {"featgeo_version": __version__, "torch_version": torch.__version__,
+            "numpy_version": numpy.__version__}  # fmt: skip
+
+
+def _store(sae, config: Stage1Config, device: str):
+    from featgeo.activations.store import build_sae_store
+
+    return build_sae_store(
+        sae,
+        model=config.model or sae.cfg.model_name or "embedded",
+        corpus=config.corpus,
+        split=config.split,
+        layer=config.layer,
+        context_size=config.context_size,
+        max_tokens=config.store_tokens or None,
+        device=device,
+    )
+
+
+def _store_info(store) -> dict[str, Any]:
+    keys = ("model", "corpus_fingerprint", "encoder_fingerprint", "split", "layer",
+            "context_size")  # fmt: skip
+    return {
+        "folder": str(store.folder),
+        "key": Path(store.folder).name,
+        "n_tokens": store.n_tokens,
+        "nnz": store.nnz,
+        "average_l0": store.nnz / max(store.n_tokens, 1),
+        **{k: store.header.get(k) for k in keys},
+    }
+
+
+def _check_live_latents(store, n_clusters: tuple[int, ...]) -> None:
+    from featgeo.latents.run import live_latents
+
+    n_live = int(live_latents(store).sum())
+    if max(n_clusters) > n_live:
+        raise ValueError(
+            f"--n-clusters {max(n_clusters)} is larger than the {n_live} live latents of this "
+            f"SAE (latents that fired on the {store.n_tokens} stored tokens); use at most {n_live}"
+        )
+
+
+def _check_clusters_dir(clusters_dir: Path, n_clusters: tuple[int, ...]) -> None:
+    missing = [n for n in n_clusters if not (clusters_dir / f"clusters_{n}").is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"--clusters-dir '{clusters_dir}' has no clusters_{missing[0]} folder; run `featgeo "
+            f"sae cluster <SAE> --n-clusters {','.join(map(str, missing))} --out "
+            f"{clusters_dir}` first, or leave --clusters-dir out to cluster into the save dir"
+        )
+
+
+def _latent_clusters(sae, store, sae_path: str, clusters_dir: Path, config, explicit: bool):
+    """``n -> {"folder", "rows", "info"}``: the clusters of every n, reused when a folder of
+    ``clusters_dir`` was made by the same method and seed from the same store, else built."""
+    import csv
+    import hashlib
+    import io
+
+    from featgeo.latents.run import cluster_sae
+
+    missing = []
+    for n in config.n_clusters:
+        path = clusters_dir / f"clusters_{n}" / "clustering.json"
+        if not path.is_file():
+            missing.append(n)
+            continue
+        got = read_json(path)
+        want = (config.clustering, Path(store.folder).name, config.aanet.seed)
+        have = (got.get("method"), Path(str(got.get("store"))).name,
+                got.get("params", {}).get("random_state"))  # fmt: skip
+        if have != want:
+            fix = "another --clusters-dir" if explicit else "--force to recluster"
+            raise ValueError(
+                f"{path.parent} holds {have[0]} clusters (seed {have[2]}) of store {have[1]}, "
+                f"but Stage 1 asks for {want[0]} (seed {want[2]}) of store {want[1]}; pass "
+                f"--clustering {have[0]} --seed {have[2]} to use them, or {fix}"
+            )
+    if missing:
+        cluster_sae(sae, store, missing, clusters_dir, method=config.clustering,
+                    seed=config.aanet.seed, sae_path=sae_path)  # fmt: skip
+    out = {}
+    for n in config.n_clusters:
+        folder = clusters_dir / f"clusters_{n}"
+        raw = (folder / "cluster_metrics.csv").read_bytes()
+        rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"), newline="")))
+        read_clusters(folder)  # a malformed file fails here, before any training
+        out[n] = {"folder": folder, "rows": rows, "info": read_json(folder / "clustering.json"),
+                  "built": n in missing, "sha256": hashlib.sha256(raw).hexdigest()}  # fmt: skip
+    return out
+
+
+class _Run:
+    """The per-n work of one :func:`run_stage1` call."""
+
+    def __init__(self, sae, store, sae_id, save_dir, config, mpu, device, workers):
+        self.sae, self.store, self.sae_id, self.save_dir = sae, store, sae_id, save_dir
+        self.config, self.mpu, self.device, self.workers = config, mpu, device, workers
+
+    def finished(self, n: int, info: dict, clusters: dict) -> bool:
+        """Whether n is done; a finished n whose latent clusters changed since is an error."""
+        record = info.get("completed", {}).get(str(n))
+        if record is None or not (self.save_dir / f"clusters_{n}" / csv_name(n)).is_file():
+            return False
+        if record.get("clusters_sha256") != clusters["sha256"]:
+            raise FileExistsError(
+                f"the latent clusters in {clusters['folder']} changed since Stage 1 trained "
+                f"n_clusters={n} in --save-dir '{self.save_dir}'; pass --force to train again"
+            )
+        return True
+
+    def reused(self, n: int, record: dict, reused: bool = True) -> Stage1N:
+        return Stage1N(
+            n_clusters=n,
+            folder=self.save_dir / f"clusters_{n}",
+            n_clusters_found=record["n_clusters_found"],
+            n_models=record["n_models"],
+            status_counts=record["status_counts"],
+            n_passing=record["n_passing"],
+            seconds=record["seconds"],
+            reused=reused,
+        )
+
+    def train_n(self, n: int, clusters: dict, bar) -> dict:
+        """Train (or finish) every unit of n, write its folder; returns its stage1.json entry."""
+        config, ks = self.config, self.config.ks
+        final = self.save_dir / f"clusters_{n}"
+        work = partial_dir(final)
+        units_dir = work / UNITS_DIR
+        start = time.perf_counter()
+        datas = clusters_data(self.sae, self.store, read_clusters(clusters["folder"]),
+                              space=config.space)  # fmt: skip
+        by_id = {d.cluster_id: d for d in datas}
+        plan = [[datas[j].cluster_id for j in unit] for unit in plan_units(datas, ks, self.mpu)]
+        _start_units(units_dir, plan)
+        data_seconds = time.perf_counter() - start
+        finished, pending = {}, []
+        for index, cluster_ids in enumerate(plan):
+            done = _read_unit(units_dir, index, cluster_ids)
+            if done is not None:
+                finished[index] = done
+                bar.finish_unit(len(cluster_ids) * len(ks))
+                continue
+            pending.append(TrainUnit(index, [by_id[c] for c in cluster_ids], self.store.n_tokens,
+                                     tuple(ks), config.aanet, config.batch_tokens, config.knn,
+                                     config.max_warmup, config.dtype))  # fmt: skip
+        bar.set_running(min(self.workers, len(pending)))
+        for unit, fits, seconds in execute_units(
+            pending, device=self.device, workers=self.workers, on_step=bar.step
+        ):
+            finished[unit.index] = self._save_unit(unit, fits, seconds, work, units_dir)
+            bar.finish_unit(unit.n_models)
+        records = [r for index in range(len(plan)) for r in finished[index]["records"]]
+        train_seconds = sum(done["seconds"] for done in finished.values())
+        start = time.perf_counter()
+        rows = consolidated_rows(
+            clusters["rows"],
+            records,
+            sae_id=self.sae_id,
+            average_l0=self.store.nnz / max(self.store.n_tokens, 1),
+            criterion=config.criterion,
+            filters=config.filters,
+        )
+        passing = _write_tables(work, n, rows, records)
+        shutil.rmtree(units_dir)
+        replace_dir(work, final)
+        counts: dict[str, int] = {}
+        for record in records:
+            counts[record["status"]] = counts.get(record["status"], 0) + 1
+        seconds = {
+            # a reused clustering cost nothing in this run (its own time is in clustering.json)
+            "clustering": float(clusters["info"]["seconds"]) if clusters["built"] else 0.0,
+            "data": data_seconds,
+            "training": train_seconds,
+            "tables_and_plots": time.perf_counter() - start,
+        }
+        record = {"n_clusters_found": len(clusters["rows"]), "n_models": len(records),
+                  "clusters_reused": not clusters["built"], "clusters_sha256": clusters["sha256"],
+                  "status_counts": counts, "n_passing": passing, "seconds": seconds,
+                  "models_per_minute": len(records) / max(train_seconds, 1e-9) * 60}  # fmt: skip
+        return record
+
+    def _save_unit(self, unit: TrainUnit, fits, seconds: float, work: Path, units_dir: Path):
+        """Write a finished unit's models, then its record (the resume marker)."""
+        by_id = {d.cluster_id: d for d in unit.datas}
+        for fit in fits:
+            if fit.status == "ok":
+                net = to_aanet(fit, by_id[fit.cluster_id], self.config.aanet)
+                net.save(work / model_name(fit.cluster_id, fit.k))
+        done = {
+            "index": unit.index,
+            "cluster_ids": unit.cluster_ids,
+            "seconds": seconds,
+            "records": [model_record(fit, self.config.curve_every) for fit in fits],
+        }
+        write_json(units_dir / f"unit_{unit.index:05d}.json", done)
+        return done
+
+
+def _start_units(units_dir: Path, plan: list[list[int]]) -> None:
+    """Keep the finished units of an earlier attempt only when it had the same plan."""
+    plan_file = units_dir / "plan.json"
+    if plan_file.is_file():
+        try:
+            same = read_json(plan_file) == {"plan": plan}
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return
+        log.info("%s: the clusters changed since the interrupted run; starting over", units_dir)
+        shutil.rmtree(units_dir.parent)
+    units_dir.mkdir(parents=True, exist_ok=True)
+    write_json(plan_file, {"plan": plan})
+
+
+def _read_unit(units_dir: Path, index: int, cluster_ids: list[int]) -> dict | None:
+    path = units_dir / f"unit_{index:05d}.json"
+    if not path.is_file():
+        return None
+    try:
+        done = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return done if done.get("cluster_ids") == cluster_ids else None
+
+
+def _write_tables(work: Path, n: int, rows: list[dict], records: list[dict]) -> int:
+    """The CSV, the curves and the plots of one n; returns the clusters passing the filters."""
+    from featgeo.reports.aanet_plots import write_stage1_plots
+
+    cells = [{c: csv_cell(row.get(c)) for c in COLUMNS} for row in rows]
+    write_csv(work / csv_name(n), cells, COLUMNS)
+    ordered = sorted(records, key=lambda r: (r["cluster_id"], r["k"]))
+    write_text(work / curves_name(n), "".join(dumps_strict(curve_record(n, r)) + "\n"
+                                              for r in ordered))  # fmt: skip
+    clusters = cluster_level(rows)
+    for cluster in clusters:
+        cluster["passes_quality"] = cluster["passes_quality_filters"]
+    write_stage1_plots(clusters, n, work / "plots")
+    return sum(bool(c["passes_quality"]) for c in clusters)
+
+
+class _Bar:
+    """The models progress bar (or nothing): models done / total, models still training (one
+    process) or workers busy (a pool), elapsed, ETA."""
+
+    def __init__(self, progress, task):
+        self.progress, self.task = progress, task
+        self.done = 0  # models of finished units
+        self.running = 1
+
+    def _show(self, completed: int, status: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=completed, status=status)
+
+    def set_running(self, workers: int) -> None:
+        self.running = workers
+        if workers > 1:
+            self._show(self.done, f"{workers} workers busy")
+
+    def step(self, unit: TrainUnit, step: int, n_training: int) -> None:
+        self._show(self.done + unit.n_models - n_training, f"{n_training} training")
+
+    def finish_unit(self, n_models: int) -> None:
+        self.done += n_models
+        busy = f"{self.running} workers busy" if self.running > 1 else "0 training"
+        self._show(self.done, busy)
+
+
+class _progress:
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total, self.progress = enabled, total, None
+
+    def __enter__(self) -> _Bar:
+        if not self.enabled:
+            return _Bar(None, None)
+        from featgeo.progress import progress_bar
+
+        self.progress = progress_bar()
+        self.progress.__enter__()
+        return _Bar(self.progress, self.progress.add_task("AANet models", total=self.total,
+                                                          status=""))  # fmt: skip
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+
+__all__ = [
+    "CLUSTERS_DIR",
+    "STAGE1_FILE",
+    "Stage1Config",
+    "Stage1N",
+    "Stage1Result",
+    "check_save_dir",
+    "csv_name",
+    "curves_name",
+    "model_name",
+    "run_stage1",
+]
