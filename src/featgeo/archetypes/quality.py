@@ -54,7 +54,8 @@ class QualityFilters:
         if not _at_least(cluster.get("n_latents"), self.min_latents):
             out.append("min_latents")
         if self.require_monotonic and not (
-            _true(cluster.get("recon_is_monotonic")) and _true(cluster.get("arch_is_monotonic"))
+            cell_flag(cluster.get("recon_is_monotonic"))
+            and cell_flag(cluster.get("arch_is_monotonic"))
         ):
             out.append("monotonic")
         if not (
@@ -62,7 +63,7 @@ class QualityFilters:
             and _at_least(cluster.get("arch_pct_decrease"), self.min_pct_decrease)
         ):
             out.append("pct_decrease")
-        diff = _number(cluster.get("k_differential"))
+        diff = cell_number(cluster.get("k_differential"))
         if not (math.isfinite(diff) and diff <= self.max_k_differential):
             out.append("k_differential")
         return out
@@ -75,30 +76,28 @@ class QualityFilters:
         return asdict(self)
 
 
-def _number(value: Any) -> float:
-    """A CSV cell or a Python value as a float; empty / unparsable cells are NaN."""
-    if isinstance(value, bool):
-        return float(value)
+def cell_number(value: Any) -> float:
+    """A Python value or a CSV cell as a float; None, empty and unparsable cells are NaN."""
+    if isinstance(value, str):
+        value = value.strip()
     try:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
 
 
+def cell_flag(value: Any) -> bool:
+    """``True`` / ``"True"`` / ``"true"`` / ``1`` (as written to or read from a CSV); anything
+    else (False, NaN, "", None) is False."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "1.0")
+    number = cell_number(value)
+    return math.isfinite(number) and number != 0
+
+
 def _at_least(value: Any, threshold: float) -> bool:
-    number = _number(value)
+    number = cell_number(value)
     return math.isfinite(number) and number >= threshold
 
 
-def _true(value: Any) -> bool:
-    """``True`` / ``"True"`` / ``"true"`` / ``1`` (as written to or read from a CSV)."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1")
-    return bool(value) if value is not None and not _is_nan(value) else False
-
-
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
-
-
-__all__ = ["QualityFilters"]
+__all__ = ["QualityFilters", "cell_flag", "cell_number"]

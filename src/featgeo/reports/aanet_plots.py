@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from featgeo.archetypes.quality import cell_flag, cell_number
 from featgeo.reports.figures import DEFAULT_DPI, save_figure
 
 MAX_STRENGTH = 1 / math.sqrt(2)
@@ -45,24 +46,6 @@ class _Columns(NamedTuple):
     passing: np.ndarray
 
 
-def _number(value: Any) -> float:
-    """A Python value or CSV cell as a float; None, empty and unparsable cells are NaN."""
-    if isinstance(value, str):
-        value = value.strip()
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _flag(value: Any) -> bool:
-    """``True`` / ``"True"`` / ``"true"`` / ``1``; anything else (NaN, "", None) is False."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "1.0")
-    number = _number(value)
-    return math.isfinite(number) and number != 0
-
-
 def _columns(clusters: Sequence[Mapping[str, Any]]) -> _Columns:
     rows = list(clusters)
     for i, row in enumerate(rows):
@@ -70,14 +53,14 @@ def _columns(clusters: Sequence[Mapping[str, Any]]) -> _Columns:
             raise TypeError(f"clusters[{i}] must be a mapping, got {type(row).__name__}")
 
     def column(key: str) -> np.ndarray:
-        return np.array([_number(row.get(key)) for row in rows], dtype=np.float64)
+        return np.array([cell_number(row.get(key)) for row in rows], dtype=np.float64)
 
     return _Columns(
         geometric=column("decoder_dir_rank"),
         pca=column("activation_pca_rank"),
         recon=column("aanet_recon_loss_elbow_strength"),
         arch=column("aanet_archetypal_loss_elbow_strength"),
-        passing=np.array([_flag(row.get("passes_quality")) for row in rows], dtype=bool),
+        passing=np.array([cell_flag(row.get("passes_quality")) for row in rows], dtype=bool),
     )
 
 
@@ -107,7 +90,7 @@ def selection_thresholds(values: Sequence[float]) -> dict[str, float]:
     set", and featgeo reports population stds everywhere (pandas' ``Series.std`` would be
     ``ddof=1``).
     """
-    array = np.array([_number(v) for v in values], dtype=np.float64)
+    array = np.array([cell_number(v) for v in values], dtype=np.float64)
     finite = array[np.isfinite(array)]
     if not finite.size:
         return dict.fromkeys(("mu", "sigma", "one_sigma", "three_sigma"), math.nan)
