@@ -245,6 +245,43 @@ def staging_dir(final: str | os.PathLike, *, keep_on_error: bool = False) -> Ite
             shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def exclusive_dir(path: str | os.PathLike, option: str) -> Iterator[None]:
+    """Hold an exclusive lock on output folder ``path`` for the block, so that two featgeo
+    processes never write the same folder at once. The lock file lives in the featgeo cache
+    (``locks/``), not in ``path``, and the operating system releases it when the process
+    ends, however it ends.
+
+    Raises:
+        InputError: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    import hashlib
+
+    from featgeo.cache import cache_dir
+    from featgeo.errors import InputError
+
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{key}.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(
+                f"another featgeo process is writing {option} '{path}'; wait for it to finish "
+                "or pass another folder"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def partial_dir(final: str | os.PathLike) -> Path:
     """The hidden sibling where an unfinished ``final`` folder is built (and resumed from)."""
     final = Path(final)

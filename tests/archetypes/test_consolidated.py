@@ -68,3 +68,41 @@ def test_records_and_clusters_must_agree():
     with pytest.raises(ValueError, match="clusters without models"):
         consolidated_rows([CLUSTER, {**CLUSTER, "cluster_id": 1}], [record(0, 2, 1.0, 0.1)],
                           sae_id="s", average_l0=1.0, criterion="recon_elbow")  # fmt: skip
+
+
+def test_model_record_logs_every_nth_step_and_the_last():
+    from featgeo.archetypes.batched import AANetFit, ModelSpec
+    from featgeo.archetypes.consolidated import curve_record, model_record
+    from featgeo.archetypes.engine import ClusterFit
+
+    curve = np.arange(100, dtype=np.float32).reshape(25, 4)  # 25 steps x 4 losses
+    curve[3, 2] = np.nan  # a NaN in a logged step would be None; step 4 is not logged
+    curve[10, 1] = np.inf  # step 11 is logged
+    lr_curve = np.full(25, 0.0025)
+    lr_curve[20:] = 0.00125
+    fit = AANetFit(ModelSpec(3, 0, 7), [], curve, "early_stop", 0.00125,
+                   {"loss": 1.0, "recon": 2.0, "archetypal": 3.0, "extrema": math.nan},
+                   lr_curve)  # fmt: skip
+    result = ClusterFit(5, 3, "ok", 40, fit, None, 0.75)
+    rec = model_record(result, curve_every=10)
+    assert rec["curve"]["step"] == [1, 11, 21, 25]
+    assert rec["curve"]["loss"] == [0.0, 40.0, 80.0, 96.0]
+    assert rec["curve"]["recon"] == [1.0, None, 81.0, 97.0]
+    assert rec["curve"]["lr"] == [0.0025, 0.0025, 0.00125, 0.00125]
+    assert rec["final"] == {"loss": 1.0, "recon": 2.0, "archetypal": 3.0, "extrema": None}
+    assert (rec["steps"], rec["stop_reason"], rec["final_lr"]) == (25, "early_stop", 0.00125)
+    assert (rec["cluster_id"], rec["k"], rec["n_active"], rec["inside_fraction"]) == (
+        5,
+        3,
+        40,
+        0.75,
+    )
+    line = curve_record(128, rec)
+    assert line["n_clusters"] == 128 and line["step"] == [1, 11, 21, 25]
+    assert model_record(result, curve_every=1)["curve"]["step"] == list(range(1, 26))
+
+    untrained = model_record(ClusterFit(6, 8, "too_few_points", 9), curve_every=10)
+    assert untrained["steps"] == 0 and untrained["curve"] is None
+    assert untrained["final"] == dict.fromkeys(("loss", "recon", "archetypal", "extrema"))
+    assert untrained["inside_fraction"] is None
+    assert curve_record(128, untrained)["step"] == []

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from featgeo.archetypes.quality import QualityFilters
+from featgeo.archetypes.quality import QualityFilters, cell_flag, cell_number
 
 GOOD = {"n_latents": 2, "recon_is_monotonic": True, "arch_is_monotonic": True,
         "recon_pct_decrease": 20.0, "arch_pct_decrease": 20.0, "k_differential": 1}  # fmt: skip
@@ -55,3 +55,37 @@ def test_thresholds_are_options():
 def test_bad_thresholds(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         QualityFilters(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "value,flag",
+    [(True, True), (False, False), ("True", True), (" true ", True), ("1", True), ("1.0", True),
+     ("False", False), ("", False), ("yes", False), (1, True), (0, False), (0.0, False),
+     (math.nan, False), (None, False)],
+)  # fmt: skip
+def test_cell_flag(value, flag):
+    assert cell_flag(value) is flag
+
+
+@pytest.mark.parametrize(
+    "value,number", [("3", 3.0), (" 2.5 ", 2.5), ("", math.nan), ("x", math.nan), (None, math.nan),
+                     (True, 1.0), (7, 7.0)],
+)  # fmt: skip
+def test_cell_number(value, number):
+    got = cell_number(value)
+    assert got == number or (math.isnan(got) and math.isnan(number))
+
+
+def test_threshold_bounds_are_inclusive():
+    QualityFilters(min_latents=0, max_k_differential=0, min_pct_decrease=0)
+    QualityFilters(min_pct_decrease=100)
+    for kwargs in ({"max_k_differential": -1}, {"min_pct_decrease": -0.1},
+                   {"min_pct_decrease": True}, {"min_pct_decrease": "20"}):  # fmt: skip
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            QualityFilters(**kwargs)
+    assert QualityFilters().to_dict() == {
+        "min_latents": 2,
+        "min_pct_decrease": 20.0,
+        "max_k_differential": 1,
+        "require_monotonic": True,
+    }

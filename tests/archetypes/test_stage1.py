@@ -426,3 +426,12 @@ def test_clusters_changed_after_a_finished_run_need_force(run, env, tmp_path):
     one_line_error(runner.invoke(app, args), "changed since Stage 1 trained n_clusters=4")
     forced = runner.invoke(app, [*args, "--force"])
     assert forced.exit_code == 0, forced.output
+
+
+def test_a_save_dir_in_use_by_another_process_is_refused(env, tmp_path):
+    from featgeo.files import exclusive_dir
+
+    out = tmp_path / "out"
+    with exclusive_dir(out, "--save-dir"):  # as a running Stage 1 holds it
+        one_line_error(runner.invoke(app, cli_args(env, out)), "another featgeo process is")
+    assert not out.exists()

@@ -57,6 +57,7 @@ from featgeo.files import (
     check_output_dir,
     check_writable_dir,
     dumps_strict,
+    exclusive_dir,
     partial_dir,
     read_json,
     replace_dir,
@@ -252,17 +253,23 @@ def run_stage1(
     Raises:
         ValueError / FileNotFoundError / FileExistsError / NotADirectoryError: bad input,
         named with its fix, before anything is written (a save dir holding a run with other
-        settings needs ``force``).
+        settings needs ``force``), or another process is writing the same save dir.
     """
-    from featgeo.activations.hooks import sae_hook_point
-    from featgeo.archetypes.batched import check_device
-    from featgeo.sae.saelens_format import load_sae, sae_fingerprint
-
     config = config or Stage1Config()
     if not isinstance(config, Stage1Config):
         raise TypeError(f"config must be a Stage1Config, got {type(config).__name__}")
     save_dir = Path(save_dir)
     check_save_dir(save_dir, config.n_clusters)
+    with exclusive_dir(save_dir, "--save-dir"):
+        return _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force,
+                           progress)  # fmt: skip
+
+
+def _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force, progress):
+    from featgeo.activations.hooks import sae_hook_point
+    from featgeo.archetypes.batched import check_device
+    from featgeo.sae.saelens_format import load_sae, sae_fingerprint
+
     torch_device = check_device(device)
     workers = resolve_workers(workers, torch_device)
     sae = load_sae(sae_path)
