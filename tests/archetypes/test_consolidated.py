@@ -106,3 +106,53 @@ def test_model_record_logs_every_nth_step_and_the_last():
     assert untrained["final"] == dict.fromkeys(("loss", "recon", "archetypal", "extrema"))
     assert untrained["inside_fraction"] is None
     assert curve_record(128, untrained)["step"] == []
+
+
+def test_rows_carry_every_model_and_cluster_value():
+    # x = 0, 1/3, 2/3, 1 over k = 2..5. recon: y = 1, 2/9, 1/9, 0, so x + y - 1 = 0, -4/9,
+    # -2/9, 0: elbow k=3. arch: y = 1, .978, .956, 0, so x + y - 1 = 0, .311, .622, 0: k=4.
+    ks = (2, 3, 4, 5)
+    recon = (1.0, 0.3, 0.2, 0.1)
+    arch = (0.9, 0.88, 0.86, 0.0)
+    records = [record(0, k, r, a) for k, r, a in zip(ks, recon, arch, strict=True)]
+    for r in records:
+        r["steps"] = 10 * r["k"]
+    rows = consolidated_rows([CLUSTER], records, sae_id="s", average_l0=8.0,
+                             criterion="knee_extra_vertex")  # fmt: skip
+    assert [r["aanet_steps"] for r in rows] == [20, 30, 40, 50]
+    assert [r["aanet_recon_loss"] for r in rows] == list(recon)
+    assert [r["aanet_archetypal_loss"] for r in rows] == list(arch)
+    assert [r["aanet_loss"] for r in rows] == [r + 4 * a for r, a in zip(recon, arch, strict=True)]
+    row = rows[0]
+    assert row["aanet_recon_loss_elbow_k"] == 3 and row["aanet_archetypal_loss_elbow_k"] == 4
+    assert row["k_differential"] == 1
+    assert row["latent_indices"] == "4 5 6" and row["average_l0"] == 8.0 and row["sae_id"] == "s"
+    assert row["passes_quality_filters"] is True  # 3 latents, monotonic, >= 20%, diff 1
+    assert row["recommended_k_criterion"] == "knee_extra_vertex"
+    assert row["recommended_k"] in ks
+
+
+def test_a_diverged_model_makes_the_curve_undefined_even_with_finite_medians():
+    records = [record(0, 2, 1.0, 0.4), record(0, 3, 0.2, 0.1), record(0, 4, 0.1, 0.0)]
+    records[1]["status"] = "diverged"  # its medians are finite, its training was not
+    s = cluster_summary(records, "recon_elbow")
+    assert s["aanet_recon_loss_elbow_k"] is None and math.isnan(s["recon_pct_decrease"])
+    assert s["recommended_k"] is None
+    rows = consolidated_rows([CLUSTER], records, sae_id="s", average_l0=8.0,
+                             criterion="recon_elbow")  # fmt: skip
+    assert rows[1]["aanet_recon_loss"] is None and rows[0]["aanet_recon_loss"] == 1.0
+
+
+def test_clusters_come_out_sorted_and_monotonicity_is_per_curve():
+    up_recon = [record(1, 2, 1.0, 0.4), record(1, 3, 1.2, 0.1), record(1, 4, 0.1, 0.0)]
+    good = [record(0, k, r, a) for k, r, a in [(2, 1.0, 0.4), (3, 0.2, 0.1), (4, 0.1, 0.0)]]
+    clusters = [{**CLUSTER, "cluster_id": 1}, CLUSTER]  # given in reverse order
+    rows = consolidated_rows(clusters, up_recon + good, sae_id="s", average_l0=1.0,
+                             criterion="recon_elbow")  # fmt: skip
+    assert [(r["cluster_id"], r["aanet_k"]) for r in rows] == [(0, 2), (0, 3), (0, 4), (1, 2),
+                                                               (1, 3), (1, 4)]  # fmt: skip
+    bad = rows[3]  # recon rises from k=2 to k=3, its elbow: not monotonic; arch is
+    assert bad["recon_is_monotonic"] is False and bad["arch_is_monotonic"] is True
+    assert bad["passes_quality_filters"] is False and rows[0]["passes_quality_filters"] is True
+    assert all(r["aanet_stop_reason"] == "max_steps" and r["n_active_tokens"] == 100
+               for r in rows)  # fmt: skip
