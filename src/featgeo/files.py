@@ -210,8 +210,8 @@ def save_tensor(path: str | os.PathLike, tensor: torch.Tensor) -> Path:
 def save_torch_dict(path: str | os.PathLike, obj: dict[str, Any]) -> Path:
     """Save a dict of tensors, lists and JSON scalars that ``torch.load(..., weights_only=True)``
     reads back (no pickled classes)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)  # a file object: the archive's root is "archive", not the tmp name
     return Path(path)
 
 

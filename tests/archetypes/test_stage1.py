@@ -312,7 +312,9 @@ def test_a_cluster_with_too_few_active_tokens_gets_rows_not_a_crash(run, env, tm
     shutil.copytree(out / "latent_clusters" / "clusters_4", clusters / "clusters_4")
     metrics = clusters / "clusters_4" / "cluster_metrics.csv"
     columns, rows = read_rows(metrics)
-    rows.append({"n_clusters_total": "4", "cluster_id": "9", "n_latents": "2",
+    for row in rows:
+        row["n_clusters_total"] = "5"
+    rows.append({"n_clusters_total": "5", "cluster_id": "9", "n_latents": "2",
                  "latent_indices": " ".join(map(str, DEAD)), "decoder_dir_rank": "2",
                  "cluster_recon_error": "0.0", "activation_pca_rank": "0"})  # fmt: skip
     with open(metrics, "w", newline="") as fh:
@@ -409,7 +411,7 @@ def test_clusters_dir_without_the_requested_n(env, tmp_path):
     (tmp_path / "clusters").mkdir()
     result = runner.invoke(app, cli_args(env, tmp_path / "out", "--clusters-dir",
                                          str(tmp_path / "clusters")))  # fmt: skip
-    one_line_error(result, "has no clusters_4 folder")
+    one_line_error(result, "has no complete clusters_4 folder (missing clustering.json")
     assert not (tmp_path / "out").exists() and not list((tmp_path / "clusters").iterdir())
 
 
@@ -435,3 +437,170 @@ def test_a_save_dir_in_use_by_another_process_is_refused(env, tmp_path):
     with exclusive_dir(out, "--save-dir"):  # as a running Stage 1 holds it
         one_line_error(runner.invoke(app, cli_args(env, out)), "another featgeo process is")
     assert not out.exists()
+
+
+# -- what --force may remove, damaged records, refusals that change nothing ---------------------
+def small_run(env, out, *extra):
+    result = runner.invoke(app, cli_args(env, out, "--k_max", "4", *extra, n="4"))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_force_removes_only_what_stage1_wrote(env, tmp_path):
+    out = small_run(env, tmp_path / "run")
+    mine = {"clusters_128_backup/consolidated_metrics_n128.csv": "a,b\n",
+            "clusters_128_backup/analysis.ipynb": "{}", "clusters_mine/data.txt": "x",
+            "latent_clusters/notes.txt": "notes", "notes.md": "# mine"}  # fmt: skip
+    for name, text in mine.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    changed = [a if a != "40" else "30" for a in cli_args(env, out, n="4")]
+    assert runner.invoke(app, [*changed, "--force"]).exit_code == 0
+    for name, text in mine.items():
+        assert (out / name).read_text() == text, name
+    assert read_json(out / "stage1.json")["settings"]["aanet"]["max_steps"] == 30
+
+
+def test_force_with_bad_clusters_keeps_the_old_run(env, tmp_path, run):
+    out = small_run(env, tmp_path / "run")
+    before = snapshot(out)
+    clusters = tmp_path / "clusters"
+    shutil.copytree(run[0] / "latent_clusters" / "clusters_4", clusters / "clusters_4")
+    info = read_json(clusters / "clusters_4" / "clustering.json")
+    (clusters / "clusters_4" / "clustering.json").write_text(
+        json.dumps({**info, "method": "spectral"})
+    )
+    args = cli_args(env, out, "--clusters-dir", str(clusters), "--force", n="4")
+    one_line_error(runner.invoke(app, args), "were made with method spectral")
+    (clusters / "clusters_4" / "clustering.json").write_text("[]")
+    one_line_error(runner.invoke(app, args), "is not a clustering.json written by")
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda i: [], "not a JSON object"),
+        (lambda i: {**i, "completed": []}, "'completed' is not an object"),
+        (lambda i: {**i, "completed": {"4": {}}}, "completed[4].n_clusters_found is missing"),
+        (lambda i: {k: v for k, v in i.items() if k != "settings"}, "no settings"),
+    ],
+    ids=["list", "completed-list", "completed-empty", "no-settings"],
+)
+def test_damaged_stage1_json_is_one_line(env, tmp_path, edit, message):
+    out = small_run(env, tmp_path / "run")
+    path = out / "stage1.json"
+    path.write_text(json.dumps(edit(read_json(path))))
+    before = snapshot(out)
+    one_line_error(runner.invoke(app, cli_args(env, out, n="4")), message)
+    assert snapshot(out) == before
+
+
+def test_refusals_and_reuse_leave_stage1_json_alone(env, tmp_path, run):
+    clusters = tmp_path / "clusters"
+    shutil.copytree(run[0] / "latent_clusters" / "clusters_4", clusters / "clusters_4")
+    out = small_run(env, tmp_path / "run", "--clusters-dir", str(clusters))
+    before = snapshot(out)
+    again = runner.invoke(app, cli_args(env, out, "--clusters-dir", str(clusters), n="4"))
+    assert again.exit_code == 0 and "(reused)" in again.output
+    metrics = clusters / "clusters_4" / "cluster_metrics.csv"
+    metrics.write_text(metrics.read_text().replace(",0.", ",1.", 1))
+    one_line_error(runner.invoke(app, cli_args(env, out, "--clusters-dir", str(clusters), n="4")),
+                   "changed since Stage 1 trained")  # fmt: skip
+    assert snapshot(out) == before
+
+
+def test_damaged_unit_records_are_trained_again(env, tmp_path, monkeypatch):
+    config = library_config(env, n_clusters=(6,), models_per_unit=6)
+    whole = run_stage1(env["sae"], tmp_path / "whole", config, device="cpu", workers=1,
+                       progress=False)  # fmt: skip
+    real_run_unit, calls = executors.run_unit, []
+
+    def stop_at_third(unit, **kwargs):
+        calls.append(unit.index)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run_unit(unit, **kwargs)
+
+    monkeypatch.setattr(executors, "run_unit", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage1(env["sae"], tmp_path / "cut", config, device="cpu", workers=1, progress=False)
+    units = tmp_path / "cut" / ".clusters_6.partial" / ".units"
+    (units / "unit_00000.json").write_text("[]")
+    record = read_json(units / "unit_00001.json")
+    del record["records"][0]["final"]
+    (units / "unit_00001.json").write_text(json.dumps(record))
+    calls.clear()
+    monkeypatch.setattr(executors, "run_unit", lambda unit, **kw: calls.append(unit.index)
+                        or real_run_unit(unit, **kw))  # fmt: skip
+    run_stage1(env["sae"], tmp_path / "cut", config, device="cpu", workers=1, progress=False)
+    assert calls == [0, 1, 2]
+    name = "consolidated_metrics_n6.csv"
+    assert (whole.save_dir / "clusters_6" / name).read_bytes() == (
+        tmp_path / "cut" / "clusters_6" / name
+    ).read_bytes()
+
+
+def test_a_resume_with_other_settings_and_no_record_starts_the_n_over(env, tmp_path, monkeypatch):
+    config = library_config(env, n_clusters=(6,), models_per_unit=6)
+    real_run_unit, calls = executors.run_unit, []
+
+    def stop_at_second(unit, **kwargs):
+        calls.append(unit.index)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run_unit(unit, **kwargs)
+
+    monkeypatch.setattr(executors, "run_unit", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage1(env["sae"], tmp_path / "cut", config, device="cpu", workers=1, progress=False)
+    (tmp_path / "cut" / "stage1.json").unlink()  # the record is gone: only the units know
+    monkeypatch.setattr(executors, "run_unit", real_run_unit)
+    other = library_config(env, n_clusters=(6,), models_per_unit=6,
+                           aanet=AANetConfig(max_steps=30, early_stop_patience=20,
+                                             smoothing_window=8))  # fmt: skip
+    run_stage1(env["sae"], tmp_path / "cut", other, device="cpu", workers=1, progress=False)
+    _, rows = read_rows(tmp_path / "cut" / "clusters_6" / "consolidated_metrics_n6.csv")
+    assert max(int(r["aanet_steps"]) for r in rows) <= 30  # no unit of the 40-step run kept
+
+
+def test_models_carry_their_cluster(run):
+    from featgeo.archetypes import AANet
+
+    out, _ = run
+    net = AANet.load(out / "clusters_4" / "aanet_cluster_2_k3.pt")
+    _, rows = read_rows(out / "clusters_4" / "consolidated_metrics_n4.csv")
+    latents = next(r["latent_indices"] for r in rows if r["cluster_id"] == "2")
+    extra = net.config_.extra
+    assert (extra["n_clusters"], extra["cluster_id"], extra["k"]) == (4, 2, 3)
+    assert extra["latent_indices"] == [int(v) for v in latents.split()]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--save-dir", ""], "--save-dir is empty"),
+        (["--k_min", "3", "--k_max", "4"], "needs at least 3 values of k"),
+    ],
+    ids=["empty-save-dir", "two-ks"],
+)
+def test_more_bad_settings(env, tmp_path, args, message):
+    one_line_error(runner.invoke(app, cli_args(env, tmp_path / "out", *args)), message)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+def test_truncated_cluster_metrics_and_folders_without_clustering_json(env, tmp_path, run):
+    clusters = tmp_path / "clusters"
+    shutil.copytree(run[0] / "latent_clusters" / "clusters_4", clusters / "clusters_4")
+    metrics = clusters / "clusters_4" / "cluster_metrics.csv"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:3]))
+    args = cli_args(env, tmp_path / "out", "--clusters-dir", str(clusters), n="4")
+    one_line_error(runner.invoke(app, args), "lists 2 clusters but its n_clusters_total says 4")
+    (clusters / "clusters_4" / "clustering.json").unlink()
+    before = snapshot(clusters)
+    one_line_error(runner.invoke(app, args), "missing clustering.json")
+    assert snapshot(clusters) == before and not (tmp_path / "out").exists()

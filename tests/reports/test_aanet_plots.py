@@ -364,3 +364,20 @@ def test_save_figure_leaves_no_temp_files(clusters, tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         save_figure(fig, tmp_path / "broken.png")
     assert [p.name for p in tmp_path.iterdir()] == ["ok.png"]  # neither file nor temp file
+
+
+def test_unzoomed_axes_grow_to_show_strengths_beyond_the_chord_bound():
+    from featgeo.reports.aanet_plots import MAX_STRENGTH, recon_vs_arch
+
+    clusters = [
+        {"cluster_id": 0, "aanet_recon_loss_elbow_strength": 3.0,
+         "aanet_archetypal_loss_elbow_strength": 0.2, "passes_quality": True},
+        {"cluster_id": 1, "aanet_recon_loss_elbow_strength": 0.1,
+         "aanet_archetypal_loss_elbow_strength": 5.0, "passes_quality": False},
+    ]  # fmt: skip
+    ax = recon_vs_arch(clusters, 8, zoomed=False).axes[0]
+    assert ax.get_xlim()[1] >= 3.0 and ax.get_ylim()[1] >= 5.0
+    inside = recon_vs_arch([{**c, "aanet_recon_loss_elbow_strength": 0.3,
+                             "aanet_archetypal_loss_elbow_strength": 0.3} for c in clusters],
+                           8, zoomed=False).axes[0]  # fmt: skip
+    assert inside.get_xlim()[1] == pytest.approx(1.02 * MAX_STRENGTH)

@@ -124,7 +124,7 @@ def curve_record(n_clusters: int, record: Mapping[str, Any]) -> dict[str, Any]:
         "steps": record["steps"],
         "stop_reason": record["stop_reason"],
         "final_lr": record["final_lr"],
-        **(record["curve"] or {"step": []}),
+        **(record["curve"] or {name: [] for name in ("step", *LOSS_NAMES, "lr")}),
     }
 
 

@@ -30,14 +30,14 @@ save dir holding a run with other settings is refused unless ``force``, which re
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from featgeo.archetypes.cluster_inputs import LatentClusters, check_clusters_dir, latent_clusters
 from featgeo.archetypes.config import AANetConfig
 from featgeo.archetypes.consolidated import (
     COLUMNS,
@@ -52,14 +52,25 @@ from featgeo.archetypes.data import SPACES, clusters_data, read_clusters
 from featgeo.archetypes.engine import auto_models_per_stack, k_range, to_aanet
 from featgeo.archetypes.executors import execute_units, resolve_workers
 from featgeo.archetypes.quality import QualityFilters
+from featgeo.archetypes.stage1_files import (
+    CLUSTERS_DIR,
+    STAGE1_FILE,
+    UNITS_DIR,
+    check_save_dir,
+    check_settings,
+    csv_name,
+    read_record,
+    read_unit,
+    remove_run,
+    save_wall_seconds,
+    start_units,
+    wall_seconds,
+)
 from featgeo.archetypes.units import DTYPES, TrainUnit, plan_units
 from featgeo.files import (
-    check_output_dir,
-    check_writable_dir,
     dumps_strict,
     exclusive_dir,
     partial_dir,
-    read_json,
     replace_dir,
     write_csv,
     write_json,
@@ -67,14 +78,6 @@ from featgeo.files import (
 )
 
 log = logging.getLogger(__name__)
-
-STAGE1_FILE = "stage1.json"
-UNITS_DIR = ".units"
-CLUSTERS_DIR = "latent_clusters"
-
-
-def csv_name(n: int) -> str:
-    return f"consolidated_metrics_n{n}.csv"
 
 
 def curves_name(n: int) -> str:
@@ -125,7 +128,11 @@ class Stage1Config:
 
         object.__setattr__(self, "n_clusters", tuple(parse_n_clusters(list(self.n_clusters))))
         get_cluster_method(self.clustering)
-        k_range(self.k_min, self.k_max)
+        if len(k_range(self.k_min, self.k_max)) < 3:
+            raise ValueError(
+                f"Stage 1 needs at least 3 values of k for its elbow metrics, got k_min="
+                f"{self.k_min}, k_max={self.k_max}; widen the range (the seed uses 2..8)"
+            )
         get_criterion(self.criterion)
         if not isinstance(self.aanet, AANetConfig):
             raise TypeError(f"aanet must be an AANetConfig, got {type(self.aanet).__name__}")
@@ -177,65 +184,6 @@ class Stage1Result:
     info: dict[str, Any]
 
 
-# -- checks before any work -------------------------------------------------------------------
-def check_save_dir(save_dir: Path, n_clusters: tuple[int, ...]) -> None:
-    """Refuse a save dir that is a file, lies under one, cannot be written, or whose
-    ``clusters_{n}`` folders hold files Stage 1 did not write."""
-    if save_dir.exists() and not save_dir.is_dir():
-        raise NotADirectoryError(f"--save-dir '{save_dir}' is a file; pass a folder path")
-    check_writable_dir(save_dir, "--save-dir")
-    for n in n_clusters:
-        check_output_dir(save_dir / f"clusters_{n}", "--save-dir", signature=(csv_name(n),))
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key} {a!r} -> {b!r}")
-    return out
-
-
-def _previous_run(save_dir: Path, settings: dict, force: bool) -> dict | None:
-    """The save dir's earlier run with equal settings, None when there is none (or ``force``:
-    the caller then replaces it). Other settings without ``force`` are an error."""
-    path = save_dir / STAGE1_FILE
-    if force or not path.is_file():
-        return None
-    try:
-        info = read_json(path)
-        old = info["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ValueError(
-            f"{path} is not a Stage 1 record; pass --force to replace the run, or another "
-            "--save-dir"
-        ) from None
-    if json.loads(dumps_strict(old)) == json.loads(dumps_strict(settings)):
-        return info
-    diff = _differences(old, settings)
-    shown = "; ".join(diff[:4]) + ("; ..." if len(diff) > 4 else "")
-    raise FileExistsError(
-        f"--save-dir '{save_dir}' holds a Stage 1 run with other settings ({shown}); pass "
-        "--force to replace it or use another --save-dir"
-    )
-
-
-def _remove_run(save_dir: Path) -> None:
-    """Remove what an earlier Stage 1 run wrote into ``save_dir`` (``--force``)."""
-    for path in [*save_dir.glob("clusters_*"), *save_dir.glob(".clusters_*.partial")]:
-        if path.is_dir() and (
-            any(path.glob("consolidated_metrics_n*.csv"))
-            or (path / UNITS_DIR).is_dir()
-            or path.name.endswith(".partial")
-        ):
-            shutil.rmtree(path)
-    shutil.rmtree(save_dir / CLUSTERS_DIR, ignore_errors=True)
-    (save_dir / STAGE1_FILE).unlink(missing_ok=True)
-
-
 # -- the run ------------------------------------------------------------------------------------
 def run_stage1(
     sae_path: str | Path,
@@ -250,6 +198,16 @@ def run_stage1(
 ) -> Stage1Result:
     """Run Stage 1 (see the module docstring) and return what it did per n.
 
+    Args:
+        sae_path: SAE folder (SAELens format).
+        save_dir: output root (``clusters_{n}/`` per n, ``stage1.json``).
+        config: the settings (:class:`Stage1Config`; its defaults are the seed's).
+        clusters_dir: the output of ``featgeo sae cluster`` to reuse (never written); None
+            clusters into ``save_dir/latent_clusters``.
+        device: where the stacks train; workers: processes training units side by side
+            (:func:`featgeo.archetypes.executors.resolve_workers`).
+        force: replace a run of other settings in ``save_dir``.
+
     Raises:
         ValueError / FileNotFoundError / FileExistsError / NotADirectoryError: bad input,
         named with its fix, before anything is written (a save dir holding a run with other
@@ -258,6 +216,8 @@ def run_stage1(
     config = config or Stage1Config()
     if not isinstance(config, Stage1Config):
         raise TypeError(f"config must be a Stage1Config, got {type(config).__name__}")
+    if not str(save_dir).strip():
+        raise ValueError("--save-dir is empty; pass the folder Stage 1 writes into")
     save_dir = Path(save_dir)
     check_save_dir(save_dir, config.n_clusters)
     with exclusive_dir(save_dir, "--save-dir"):
@@ -282,64 +242,65 @@ def _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force
         )
     explicit = clusters_dir is not None
     clusters_dir = Path(clusters_dir) if explicit else save_dir / CLUSTERS_DIR
-    if explicit and not clusters_dir.is_dir():
-        raise FileNotFoundError(
-            f"--clusters-dir '{clusters_dir}' is not a folder; pass the output folder of "
-            "`featgeo sae cluster --out DIR`, or leave it out to cluster into the save dir"
-        )
     if explicit:
-        _check_clusters_dir(clusters_dir, config.n_clusters)
+        check_clusters_dir(clusters_dir, config.n_clusters)
+    previous = read_record(save_dir, force)
+    mpu = config.models_per_unit
+    if mpu == "auto":  # a resumed run keeps its plan, whatever the device now
+        mpu = previous["plan"]["models_per_unit"] if previous else auto_models_per_stack(
+            torch_device
+        )  # fmt: skip
     settings = {
         **config.settings(),
+        "models_per_unit": mpu,
         "sae_fingerprint": sae_fingerprint(sae),
-        "clusters_dir": str(clusters_dir) if explicit else None,
+        "clusters_dir": str(clusters_dir.resolve()) if explicit else None,
     }
-    previous = _previous_run(save_dir, settings, force)
-    mpu = config.models_per_unit
-    if mpu == "auto":
-        planned = (previous or {}).get("plan", {}).get("models_per_unit")
-        mpu = planned if isinstance(planned, int) else auto_models_per_stack(torch_device)
+    check_settings(save_dir, previous, settings)
 
     start = time.perf_counter()
     store = _store(sae, config, str(torch_device))
     store_seconds = time.perf_counter() - start
     _check_live_latents(store, config.n_clusters)
-    if force:  # the input is valid: now the earlier run can go
-        _remove_run(save_dir)
-    cluster_info = _latent_clusters(sae, store, str(sae_path), clusters_dir, config, explicit)
-
-    info = dict(previous or {})
-    info.update(
-        _versions(),
-        sae=str(sae_path),
-        sae_fingerprint=settings["sae_fingerprint"],
-        store=_store_info(store),
-        clusters_dir=str(clusters_dir),
-        settings=settings,
-        plan={"models_per_unit": mpu},
-        device=str(torch_device),
-        workers=workers,
-        status="running",
-    )
-    info.setdefault("completed", {})
-    info.setdefault("timings", {})["store"] = store_seconds
-    save_dir.mkdir(parents=True, exist_ok=True)
-    write_json(save_dir / STAGE1_FILE, info)
+    if explicit:  # checked (and never written) before --force removes anything
+        clusters = latent_clusters(sae, store, str(sae_path), clusters_dir, config, explicit=True)
+    if force:
+        remove_run(save_dir)
+    if not explicit:
+        clusters = latent_clusters(sae, store, str(sae_path), clusters_dir, config,
+                                   explicit=False)  # fmt: skip
 
     run = _Run(sae, store, str(sae_path), save_dir, config, mpu, torch_device, workers)
-    todo = [n for n in config.n_clusters if not run.finished(n, info, cluster_info[n])]
-    total = sum(len(cluster_info[n]["rows"]) * len(config.ks) for n in todo)
+    info = dict(previous or {})
+    info.setdefault("completed", {})
+    todo = [n for n in config.n_clusters if not run.finished(n, info, clusters[n])]
+    if todo:
+        info.update(
+            _versions(),
+            sae=str(sae_path),
+            sae_fingerprint=settings["sae_fingerprint"],
+            store=_store_info(store),
+            clusters_dir=str(clusters_dir),
+            settings=settings,
+            plan={"models_per_unit": mpu},
+            device=str(torch_device),
+            workers=workers,
+            status="running",
+        )
+        info.setdefault("timings", {})["store"] = store_seconds
+        save_dir.mkdir(parents=True, exist_ok=True)
+        write_json(save_dir / STAGE1_FILE, info)
+    total = sum(len(clusters[n].rows) * len(config.ks) for n in todo)
     per_n = []
-    with _progress(progress, total) as bar:
+    with _progress(progress and bool(todo), total) as bar:
         for n in config.n_clusters:
-            if n not in todo:
-                per_n.append(run.reused(n, info["completed"][str(n)]))
-                continue
-            info["completed"][str(n)] = run.train_n(n, cluster_info[n], bar)
-            write_json(save_dir / STAGE1_FILE, info)
-            per_n.append(run.reused(n, info["completed"][str(n)], reused=False))
-    info["status"] = "complete"
-    write_json(save_dir / STAGE1_FILE, info)
+            if n in todo:
+                info["completed"][str(n)] = run.train_n(n, clusters[n], bar, settings)
+                write_json(save_dir / STAGE1_FILE, info)
+            per_n.append(run.result(n, info["completed"][str(n)], reused=n not in todo))
+    if todo:
+        info["status"] = "complete"
+        write_json(save_dir / STAGE1_FILE, info)
     return Stage1Result(save_dir, per_n, info)
 
 
@@ -392,56 +353,6 @@ def _check_live_latents(store, n_clusters: tuple[int, ...]) -> None:
         )
 
 
-def _check_clusters_dir(clusters_dir: Path, n_clusters: tuple[int, ...]) -> None:
-    missing = [n for n in n_clusters if not (clusters_dir / f"clusters_{n}").is_dir()]
-    if missing:
-        raise FileNotFoundError(
-            f"--clusters-dir '{clusters_dir}' has no clusters_{missing[0]} folder; run `featgeo "
-            f"sae cluster <SAE> --n-clusters {','.join(map(str, missing))} --out "
-            f"{clusters_dir}` first, or leave --clusters-dir out to cluster into the save dir"
-        )
-
-
-def _latent_clusters(sae, store, sae_path: str, clusters_dir: Path, config, explicit: bool):
-    """``n -> {"folder", "rows", "info"}``: the clusters of every n, reused when a folder of
-    ``clusters_dir`` was made by the same method and seed from the same store, else built."""
-    import csv
-    import hashlib
-    import io
-
-    from featgeo.latents.run import cluster_sae
-
-    missing = []
-    for n in config.n_clusters:
-        path = clusters_dir / f"clusters_{n}" / "clustering.json"
-        if not path.is_file():
-            missing.append(n)
-            continue
-        got = read_json(path)
-        want = (config.clustering, Path(store.folder).name, config.aanet.seed)
-        have = (got.get("method"), Path(str(got.get("store"))).name,
-                got.get("params", {}).get("random_state"))  # fmt: skip
-        if have != want:
-            fix = "another --clusters-dir" if explicit else "--force to recluster"
-            raise ValueError(
-                f"{path.parent} holds {have[0]} clusters (seed {have[2]}) of store {have[1]}, "
-                f"but Stage 1 asks for {want[0]} (seed {want[2]}) of store {want[1]}; pass "
-                f"--clustering {have[0]} --seed {have[2]} to use them, or {fix}"
-            )
-    if missing:
-        cluster_sae(sae, store, missing, clusters_dir, method=config.clustering,
-                    seed=config.aanet.seed, sae_path=sae_path)  # fmt: skip
-    out = {}
-    for n in config.n_clusters:
-        folder = clusters_dir / f"clusters_{n}"
-        raw = (folder / "cluster_metrics.csv").read_bytes()
-        rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"), newline="")))
-        read_clusters(folder)  # a malformed file fails here, before any training
-        out[n] = {"folder": folder, "rows": rows, "info": read_json(folder / "clustering.json"),
-                  "built": n in missing, "sha256": hashlib.sha256(raw).hexdigest()}  # fmt: skip
-    return out
-
-
 class _Run:
     """The per-n work of one :func:`run_stage1` call."""
 
@@ -449,19 +360,19 @@ class _Run:
         self.sae, self.store, self.sae_id, self.save_dir = sae, store, sae_id, save_dir
         self.config, self.mpu, self.device, self.workers = config, mpu, device, workers
 
-    def finished(self, n: int, info: dict, clusters: dict) -> bool:
+    def finished(self, n: int, info: dict, clusters: LatentClusters) -> bool:
         """Whether n is done; a finished n whose latent clusters changed since is an error."""
-        record = info.get("completed", {}).get(str(n))
+        record = info["completed"].get(str(n))
         if record is None or not (self.save_dir / f"clusters_{n}" / csv_name(n)).is_file():
             return False
-        if record.get("clusters_sha256") != clusters["sha256"]:
+        if record["clusters_sha256"] != clusters.sha256:
             raise FileExistsError(
-                f"the latent clusters in {clusters['folder']} changed since Stage 1 trained "
+                f"the latent clusters in {clusters.folder} changed since Stage 1 trained "
                 f"n_clusters={n} in --save-dir '{self.save_dir}'; pass --force to train again"
             )
         return True
 
-    def reused(self, n: int, record: dict, reused: bool = True) -> Stage1N:
+    def result(self, n: int, record: dict, reused: bool) -> Stage1N:
         return Stage1N(
             n_clusters=n,
             folder=self.save_dir / f"clusters_{n}",
@@ -473,22 +384,23 @@ class _Run:
             reused=reused,
         )
 
-    def train_n(self, n: int, clusters: dict, bar) -> dict:
+    def train_n(self, n: int, clusters: LatentClusters, bar, settings: dict) -> dict:
         """Train (or finish) every unit of n, write its folder; returns its stage1.json entry."""
         config, ks = self.config, self.config.ks
         final = self.save_dir / f"clusters_{n}"
         work = partial_dir(final)
         units_dir = work / UNITS_DIR
         start = time.perf_counter()
-        datas = clusters_data(self.sae, self.store, read_clusters(clusters["folder"]),
+        datas = clusters_data(self.sae, self.store, read_clusters(clusters.folder),
                               space=config.space)  # fmt: skip
         by_id = {d.cluster_id: d for d in datas}
         plan = [[datas[j].cluster_id for j in unit] for unit in plan_units(datas, ks, self.mpu)]
-        _start_units(units_dir, plan)
+        start_units(units_dir, plan, settings)
         data_seconds = time.perf_counter() - start
+
         finished, pending = {}, []
         for index, cluster_ids in enumerate(plan):
-            done = _read_unit(units_dir, index, cluster_ids)
+            done = read_unit(units_dir, index, cluster_ids, len(ks))
             if done is not None:
                 finished[index] = done
                 bar.finish_unit(len(cluster_ids) * len(ks))
@@ -497,16 +409,19 @@ class _Run:
                                      tuple(ks), config.aanet, config.batch_tokens, config.knn,
                                      config.max_warmup, config.dtype))  # fmt: skip
         bar.set_running(min(self.workers, len(pending)))
+        wall, start = wall_seconds(units_dir), time.perf_counter()
         for unit, fits, seconds in execute_units(
             pending, device=self.device, workers=self.workers, on_step=bar.step
         ):
-            finished[unit.index] = self._save_unit(unit, fits, seconds, work, units_dir)
+            finished[unit.index] = self._save_unit(n, unit, fits, seconds, work)
+            save_wall_seconds(units_dir, wall + time.perf_counter() - start)
             bar.finish_unit(unit.n_models)
+        wall += time.perf_counter() - start
         records = [r for index in range(len(plan)) for r in finished[index]["records"]]
-        train_seconds = sum(done["seconds"] for done in finished.values())
+
         start = time.perf_counter()
         rows = consolidated_rows(
-            clusters["rows"],
+            clusters.rows,
             records,
             sae_id=self.sae_id,
             average_l0=self.store.nnz / max(self.store.n_tokens, 1),
@@ -519,61 +434,47 @@ class _Run:
         counts: dict[str, int] = {}
         for record in records:
             counts[record["status"]] = counts.get(record["status"], 0) + 1
+        if not counts.get("ok"):
+            log.warning("n_clusters=%d: no model was trained (statuses %s); see the "
+                        "n_active_tokens column", n, counts)  # fmt: skip
         seconds = {
             # a reused clustering cost nothing in this run (its own time is in clustering.json)
-            "clustering": float(clusters["info"]["seconds"]) if clusters["built"] else 0.0,
+            "clustering": float(clusters.info.get("seconds", 0.0)) if clusters.built else 0.0,
             "data": data_seconds,
-            "training": train_seconds,
+            "training": wall,
             "tables_and_plots": time.perf_counter() - start,
         }
-        record = {"n_clusters_found": len(clusters["rows"]), "n_models": len(records),
-                  "clusters_reused": not clusters["built"], "clusters_sha256": clusters["sha256"],
-                  "status_counts": counts, "n_passing": passing, "seconds": seconds,
-                  "models_per_minute": len(records) / max(train_seconds, 1e-9) * 60}  # fmt: skip
-        return record
+        return {
+            "n_clusters_found": len(clusters.rows),
+            "n_models": len(records),
+            "clusters_reused": not clusters.built,
+            "clusters_sha256": clusters.sha256,
+            "status_counts": counts,
+            "n_passing": passing,
+            "seconds": seconds,
+            "unit_seconds": sum(done["seconds"] for done in finished.values()),
+        }
 
-    def _save_unit(self, unit: TrainUnit, fits, seconds: float, work: Path, units_dir: Path):
+    def _save_unit(self, n: int, unit: TrainUnit, fits, seconds: float, work: Path) -> dict:
         """Write a finished unit's models, then its record (the resume marker)."""
         by_id = {d.cluster_id: d for d in unit.datas}
         for fit in fits:
-            if fit.status == "ok":
-                net = to_aanet(fit, by_id[fit.cluster_id], self.config.aanet)
-                net.save(work / model_name(fit.cluster_id, fit.k))
+            if fit.status != "ok":
+                continue
+            data = by_id[fit.cluster_id]
+            about = {"n_clusters": n, "cluster_id": fit.cluster_id, "k": fit.k,
+                     "latent_indices": data.latent_indices.tolist(),
+                     "sae": self.sae_id}  # fmt: skip
+            net = to_aanet(fit, data, replace(self.config.aanet, extra=about))
+            net.save(work / model_name(fit.cluster_id, fit.k))
         done = {
             "index": unit.index,
             "cluster_ids": unit.cluster_ids,
             "seconds": seconds,
             "records": [model_record(fit, self.config.curve_every) for fit in fits],
         }
-        write_json(units_dir / f"unit_{unit.index:05d}.json", done)
+        write_json(work / UNITS_DIR / f"unit_{unit.index:05d}.json", done)
         return done
-
-
-def _start_units(units_dir: Path, plan: list[list[int]]) -> None:
-    """Keep the finished units of an earlier attempt only when it had the same plan."""
-    plan_file = units_dir / "plan.json"
-    if plan_file.is_file():
-        try:
-            same = read_json(plan_file) == {"plan": plan}
-        except (OSError, ValueError):
-            same = False
-        if same:
-            return
-        log.info("%s: the clusters changed since the interrupted run; starting over", units_dir)
-        shutil.rmtree(units_dir.parent)
-    units_dir.mkdir(parents=True, exist_ok=True)
-    write_json(plan_file, {"plan": plan})
-
-
-def _read_unit(units_dir: Path, index: int, cluster_ids: list[int]) -> dict | None:
-    path = units_dir / f"unit_{index:05d}.json"
-    if not path.is_file():
-        return None
-    try:
-        done = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return done if done.get("cluster_ids") == cluster_ids else None
 
 
 def _write_tables(work: Path, n: int, rows: list[dict], records: list[dict]) -> int:

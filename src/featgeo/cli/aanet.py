@@ -77,7 +77,12 @@ def stage1(
         None, "criterion", help="k criterion of the recommended_k column (default: featgeo's)."
     ),
     model: str = _opt(None, "model", help="Model the SAE reads (default: its metadata)."),
-    layer: int = _opt(None, "layer", help="Block L the SAE reads at, if its hook names none."),
+    layer: int = _opt(
+        None,
+        "layer",
+        help="Block L the SAE reads at, replacing the number in its hook_name (needed when the "
+        "hook_name has none).",
+    ),
     corpus: str = _opt("embedded", "corpus", help="embedded or a corpus path."),
     split: str = _opt("sae_train", "split", help="Corpus split of the activation store."),
     context_size: int = _opt(256, "context-size", help="Tokens per chunk."),
@@ -109,7 +114,7 @@ def stage1(
         k_min=k_min,
         k_max=k_max,
         aanet=aanet,
-        criterion=criterion or DEFAULT_CRITERION,
+        criterion=DEFAULT_CRITERION if criterion is None else criterion,
         batch_tokens=batch_tokens,
         models_per_unit=_positive_or_auto(models_per_unit, "--models-per-unit"),
         curve_every=curve_every,
@@ -152,7 +157,7 @@ def _print_summary(result) -> None:
         table.add_column(column, justify="right")
     for r in result.per_n:
         counts, sec = r.status_counts, r.seconds
-        training = sec.get("training", 0.0)
+        training, trained = sec.get("training", 0.0), counts.get("ok", 0)
         statuses = " / ".join(str(counts.get(s, 0)) for s in ("ok", "too_few_points", "diverged"))
         table.add_row(
             f"{r.n_clusters}" + (" (reused)" if r.reused else ""),
@@ -161,7 +166,7 @@ def _print_summary(result) -> None:
             statuses,
             str(r.n_passing),
             f"{training:.1f}",
-            f"{r.n_models / max(training, 1e-9) * 60:.0f}",
+            f"{trained / training * 60:.0f}" if trained and training > 0 else "-",
             f"{sum(sec.values()):.1f}",
         )
     console.print(table)

@@ -161,8 +161,9 @@ def decoder_rank_distribution(clusters: Sequence[Mapping[str, Any]], n: int) -> 
 
 def elbow_strength_distributions(clusters: Sequence[Mapping[str, Any]], n: int) -> Figure:
     """Histograms of the finite recon (left) and archetypal (right) elbow strengths (SPEC §3
-    "Elbow metrics": max distance of the normalised loss curve to its chord, dimensionless, in
-    [0, 1/sqrt(2)]); each title counts the clusters whose curve is undefined (NaN)."""
+    "Elbow metrics": max distance of the normalised loss curve to its chord, dimensionless; at
+    most 1/sqrt(2) for a curve between its end values, more for one rising above its first
+    loss); each title counts the clusters whose curve is undefined (NaN)."""
     n = _check_n(n)
     cols = _columns(clusters)
     fig = Figure(figsize=(11, 4.5), layout="constrained")
@@ -208,7 +209,8 @@ def _threshold_lines(ax, recon: np.ndarray, arch: np.ndarray) -> None:
 def recon_vs_arch(clusters: Sequence[Mapping[str, Any]], n: int, *, zoomed: bool) -> Figure:
     """Archetypal (y) against reconstruction (x) elbow strength, one point per cluster.
 
-    Unzoomed: every cluster with both strengths finite, on the full range [0, 1/sqrt(2)]; the
+    Unzoomed: every cluster with both strengths finite, on [0, 1/sqrt(2)] or wider to show them
+    all (a curve rising above its first loss has a strength beyond 1/sqrt(2)); the
     clusters passing the SPEC §3 quality filters in colour, the others grey. Zoomed: only the
     passing clusters, axes fitted to them and to the selection thresholds of
     :func:`selection_thresholds` over them (vertical lines for recon, horizontal for arch).
@@ -239,9 +241,12 @@ def recon_vs_arch(clusters: Sequence[Mapping[str, Any]], n: int, *, zoomed: bool
             ax.legend(fontsize=8, loc="best")
         else:
             _message(ax, "no cluster has both elbow strengths")
-        margin = 0.02 * MAX_STRENGTH
-        ax.set_xlim(-margin, MAX_STRENGTH + margin)
-        ax.set_ylim(-margin, MAX_STRENGTH + margin)
+        # At least [0, 1/sqrt(2)]; a curve that rises above its first loss has a larger
+        # strength (SPEC §3's formula is not bounded then), and every cluster must show.
+        top_x = max(MAX_STRENGTH, *cols.recon[finite]) if finite.any() else MAX_STRENGTH
+        top_y = max(MAX_STRENGTH, *cols.arch[finite]) if finite.any() else MAX_STRENGTH
+        ax.set_xlim(-0.02 * top_x, 1.02 * top_x)
+        ax.set_ylim(-0.02 * top_y, 1.02 * top_y)
         shown = f"{int(finite.sum())} clusters ({int(passing.sum())} passing)"
     ax.set_xlabel("reconstruction elbow strength")
     ax.set_ylabel("archetypal elbow strength")
