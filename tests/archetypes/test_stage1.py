@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from featgeo.archetypes import executors
 from featgeo.archetypes.config import AANetConfig
 from featgeo.archetypes.stage1 import Stage1Config, run_stage1
+from featgeo.archetypes.units import run_unit as real_run_unit
 from featgeo.cli import app
 from featgeo.files import read_json
 from featgeo.sae import SAEConfig, SparseAutoencoder, save_sae
@@ -111,6 +112,21 @@ def one_line_error(result, message: str) -> None:
     errors = [line for line in lines if line.startswith("featgeo: error:")]
     assert len(errors) == 1 and errors[0] == lines[-1] and message in errors[0], result.output
     assert "Traceback" not in result.output
+
+
+def record_units(monkeypatch, interrupt_at: int | None = None) -> list[int]:
+    """Record the index of every unit trained from now on; raise KeyboardInterrupt (a Ctrl-C)
+    when the ``interrupt_at``-th one starts."""
+    calls: list[int] = []
+
+    def run_unit(unit, **kwargs):
+        calls.append(unit.index)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real_run_unit(unit, **kwargs)
+
+    monkeypatch.setattr(executors, "run_unit", run_unit)
+    return calls
 
 
 # -- the outputs -------------------------------------------------------------------------------
@@ -267,21 +283,12 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(env, tmp_path, m
     whole = run_stage1(
         env["sae"], tmp_path / "whole", config, device="cpu", workers=1, progress=False
     )
-    real_run_unit = executors.run_unit
-    calls = []
-
-    def interrupt_third(unit, **kwargs):
-        calls.append(unit.index)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_run_unit(unit, **kwargs)
-
-    monkeypatch.setattr(executors, "run_unit", interrupt_third)
+    record_units(monkeypatch, interrupt_at=3)
     with pytest.raises(KeyboardInterrupt):
         run_stage1(env["sae"], tmp_path / "cut", config, device="cpu", workers=1, progress=False)
     assert not (tmp_path / "cut" / "clusters_6").exists()  # only the hidden partial folder
     assert (tmp_path / "cut" / ".clusters_6.partial").is_dir()
-    calls.clear()
+    calls = record_units(monkeypatch)
     run_stage1(env["sae"], tmp_path / "cut", config, device="cpu", workers=1, progress=False)
     assert calls == [2]  # units 0 and 1 were finished: only unit 2 trains again
     for name in ("consolidated_metrics_n6.csv", "training_curves_n6.jsonl"):
@@ -518,15 +525,7 @@ def test_damaged_unit_records_are_trained_again(env, tmp_path, monkeypatch):
     config = library_config(env, n_clusters=(6,), models_per_unit=6)
     whole = run_stage1(env["sae"], tmp_path / "whole", config, device="cpu", workers=1,
                        progress=False)  # fmt: skip
-    real_run_unit, calls = executors.run_unit, []
-
-    def stop_at_third(unit, **kwargs):
-        calls.append(unit.index)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_run_unit(unit, **kwargs)
-
-    monkeypatch.setattr(executors, "run_unit", stop_at_third)
+    record_units(monkeypatch, interrupt_at=3)
     with pytest.raises(KeyboardInterrupt):
         run_stage1(env["sae"], tmp_path / "cut", config, device="cpu", workers=1, progress=False)
     units = tmp_path / "cut" / ".clusters_6.partial" / ".units"
@@ -534,9 +533,7 @@ def test_damaged_unit_records_are_trained_again(env, tmp_path, monkeypatch):
     record = read_json(units / "unit_00001.json")
     del record["records"][0]["final"]
     (units / "unit_00001.json").write_text(json.dumps(record))
-    calls.clear()
-    monkeypatch.setattr(executors, "run_unit", lambda unit, **kw: calls.append(unit.index)
-                        or real_run_unit(unit, **kw))  # fmt: skip
+    calls = record_units(monkeypatch)
     run_stage1(env["sae"], tmp_path / "cut", config, device="cpu", workers=1, progress=False)
     assert calls == [0, 1, 2]
     name = "consolidated_metrics_n6.csv"
@@ -547,15 +544,7 @@ def test_damaged_unit_records_are_trained_again(env, tmp_path, monkeypatch):
 
 def test_a_resume_with_other_settings_and_no_record_starts_the_n_over(env, tmp_path, monkeypatch):
     config = library_config(env, n_clusters=(6,), models_per_unit=6)
-    real_run_unit, calls = executors.run_unit, []
-
-    def stop_at_second(unit, **kwargs):
-        calls.append(unit.index)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_run_unit(unit, **kwargs)
-
-    monkeypatch.setattr(executors, "run_unit", stop_at_second)
+    record_units(monkeypatch, interrupt_at=2)
     with pytest.raises(KeyboardInterrupt):
         run_stage1(env["sae"], tmp_path / "cut", config, device="cpu", workers=1, progress=False)
     (tmp_path / "cut" / "stage1.json").unlink()  # the record is gone: only the units know
