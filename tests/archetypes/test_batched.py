@@ -40,6 +40,7 @@ def test_stack_equals_torch_loop_in_float64():
     assert {f.stop_reason for f in fits} == set(STOP_REASONS)  # every stopping rule fired
     for fit, ref in zip(fits, refs, strict=True):
         assert (fit.steps, fit.stop_reason, fit.lr) == (ref.steps, ref.stop_reason, ref.lr)
+        np.testing.assert_array_equal(fit.lr_curve, ref.lr_curve)  # every halving, same step
         np.testing.assert_allclose(fit.curve, ref.curve, rtol=1e-6, atol=1e-9)
         for a, b in zip(fit.params, ref.params, strict=True):
             assert a.shape == b.shape

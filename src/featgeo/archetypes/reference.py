@@ -108,6 +108,7 @@ def train_one(
     eye = torch.eye(k, device=device, dtype=dtype)
     seed = torch.tensor([spec.seed])
     curve: list[list[float]] = []
+    lrs: list[float] = []
     best, since, reason = float("inf"), 0, "max_steps"
     for step in range(1, config.max_steps + 1):
         data = source.batch(step, np.array([spec.data]))[0].to(device, dtype)
@@ -126,6 +127,7 @@ def train_one(
         optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        lrs.append(optimizer.param_groups[0]["lr"])  # the rate this step is taken with
         optimizer.step()
         curve.append([float(t.detach()) for t in (loss, recon, archetypal, extrema_loss)])
         scheduler.step(float(loss.detach()))
@@ -150,6 +152,7 @@ def train_one(
         stop_reason=reason,
         lr=float(optimizer.param_groups[0]["lr"]),
         final=final_losses(curve_arr, config.final_window),
+        lr_curve=np.asarray(lrs, dtype=np.float64),
     )
 
 
