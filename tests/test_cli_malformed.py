@@ -38,8 +38,16 @@ def leaf_commands(group=ROOT, path: tuple[str, ...] = ()) -> dict:
 COMMANDS = leaf_commands()
 
 # Path-like parameters by option string (or argument name): what they expect.
-INPUT_FOLDERS = {"--model", "--corpus", "--matrices-dir", "--results-dir", "--seeds-dir", "path",
-                 "--sae", "--clusters-dir"}
+INPUT_FOLDERS = {
+    "--model",
+    "--corpus",
+    "--matrices-dir",
+    "--results-dir",
+    "--seeds-dir",
+    "path",
+    "--sae",
+    "--clusters-dir",
+}
 INPUT_FILES = {"matrix", "--scan-csv", "--from"}
 OUTPUT_FOLDERS = {"--out", "--output-dir", "--save-dir"}
 OUTPUT_FILES = {"--output-json", "--json"}
