@@ -76,6 +76,7 @@ from featgeo.files import (
     write_json,
     write_text,
 )
+from featgeo.latents.run import check_live_n_clusters
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force
     start = time.perf_counter()
     store = _store(sae, config, str(torch_device))
     store_seconds = time.perf_counter() - start
-    _check_live_latents(store, config.n_clusters)
+    check_live_n_clusters(store, list(config.n_clusters))
     if explicit:  # checked (and never written) before --force removes anything
         clusters = latent_clusters(sae, store, str(sae_path), clusters_dir, config, explicit=True)
     if force:
@@ -340,17 +341,6 @@ def _store_info(store) -> dict[str, Any]:
         "average_l0": store.nnz / max(store.n_tokens, 1),
         **{k: store.header.get(k) for k in keys},
     }
-
-
-def _check_live_latents(store, n_clusters: tuple[int, ...]) -> None:
-    from featgeo.latents.run import live_latents
-
-    n_live = int(live_latents(store).sum())
-    if max(n_clusters) > n_live:
-        raise ValueError(
-            f"--n-clusters {max(n_clusters)} is larger than the {n_live} live latents of this "
-            f"SAE (latents that fired on the {store.n_tokens} stored tokens); use at most {n_live}"
-        )
 
 
 class _Run:

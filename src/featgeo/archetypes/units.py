@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -106,17 +105,4 @@ def run_unit(
     )
 
 
-def unit_settings(unit: TrainUnit) -> dict[str, Any]:
-    """What, besides the data, decides a unit's models (recorded with its results)."""
-    return {
-        "ks": list(unit.ks),
-        "config": unit.config.to_dict(),
-        "batch_tokens": unit.batch_tokens,
-        "knn": unit.knn,
-        "max_warmup": unit.max_warmup,
-        "dtype": unit.dtype,
-        "n_tokens": unit.n_tokens,
-    }
-
-
-__all__ = ["DTYPES", "TrainUnit", "plan_units", "run_unit", "unit_settings"]
+__all__ = ["DTYPES", "TrainUnit", "plan_units", "run_unit"]

@@ -67,6 +67,20 @@ def live_latents(store: ActivationStore, block: int = 1 << 24) -> np.ndarray:
     return counts > 0
 
 
+def check_live_n_clusters(store: ActivationStore, n_clusters: list[int]) -> np.ndarray:
+    """:func:`live_latents` of ``store``; a ``ValueError`` naming the fix when an n of
+    ``n_clusters`` is larger than the number of live latents."""
+    live = live_latents(store)
+    n_live = int(live.sum())
+    too_many = [n for n in n_clusters if n > n_live]
+    if too_many:
+        raise ValueError(
+            f"--n-clusters {max(too_many)} is larger than the {n_live} live latents of this SAE "
+            f"(latents that fired on the {store.n_tokens} stored tokens); use at most {n_live}"
+        )
+    return live
+
+
 def activation_pca_ranks(store: ActivationStore, labels: np.ndarray) -> dict[int, int]:
     """``activation_pca_rank`` of every cluster, from one grouped pass over the store."""
     labels = np.asarray(labels)
@@ -148,14 +162,8 @@ def cluster_sae(
             f"the store holds codes of {store.d_sae} latents but the SAE has {sae.cfg.d_sae}; "
             "build the store with this SAE"
         )
-    live = live_latents(store)
+    live = check_live_n_clusters(store, n_clusters)
     n_live = int(live.sum())
-    too_many = [n for n in n_clusters if n > n_live]
-    if too_many:
-        raise ValueError(
-            f"--n-clusters {max(too_many)} is larger than the {n_live} live latents of this SAE "
-            f"(latents that fired on the {store.n_tokens} stored tokens); use at most {n_live}"
-        )
     w_dec = sae.W_dec.detach().cpu().double().numpy()  # [d_sae, d_in]
     results = []
     for n in n_clusters:
@@ -232,6 +240,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "ClusteringResult",
     "activation_pca_ranks",
+    "check_live_n_clusters",
     "cluster_sae",
     "live_latents",
     "parse_n_clusters",
