@@ -64,6 +64,14 @@ demo: data
 	OMP_NUM_THREADS=1 $(PY) -m featgeo aanet stage1 --sae $(DEMO_OUT)/saes/layer6-demo --n-clusters 128,256 \
 		--clusters-dir $(DEMO_OUT)/sae_clusters --store-tokens 65536 --max-steps 200 \
 		--early-stop-patience 50 --batch-tokens 1024 --save-dir $(DEMO_OUT)/real_data_analysis_canonical
+	# Stages 2 and 3: select clusters (the demo's few clusters have no 3-sigma outliers, so categories
+	# B and C use mu + 1 sigma here), reuse their Stage 1 models (MODE 2) and collect text near each
+	# vertex from the held-out vertex split, all clusters in one pass; prints trigger words.
+	$(PY) -m featgeo aanet select --csv-dir $(DEMO_OUT)/real_data_analysis_canonical \
+		--n-clusters-list 128,256 --sigma-bc 1 --out $(DEMO_OUT)/selection.csv
+	$(PY) -m featgeo aanet stage3 --csv-dir $(DEMO_OUT)/real_data_analysis_canonical \
+		--n-clusters-list 128,256 --selection $(DEMO_OUT)/selection.csv --skip-training \
+		--store-tokens 65536 --samples-per-vertex 50 --save-dir $(DEMO_OUT)/selected_clusters_canonical
 
 # The sae-lens parity tests run in SAELens' own environment (it pins its own transformers), where
 # a missing sae_lens fails instead of skipping; then the whole suite runs in .venv.

@@ -47,18 +47,25 @@ INPUT_FOLDERS = {
     "path",
     "--sae",
     "--clusters-dir",
+    "--csv-dir",
+    "--stage1-models-dir",
 }
-INPUT_FILES = {"matrix", "--scan-csv", "--from"}
+INPUT_FILES = {"matrix", "--scan-csv", "--from", "--selection"}
 OUTPUT_FOLDERS = {"--out", "--output-dir", "--save-dir"}
 OUTPUT_FILES = {"--output-json", "--json"}
 PATH_PARAMS = INPUT_FOLDERS | INPUT_FILES | OUTPUT_FOLDERS | OUTPUT_FILES
+# Where one command's option is another kind than the same option elsewhere.
+KIND_OF = {("aanet select", "--out"): "output-file"}
+FLAG = "<flag>"
+"""A base-argument value meaning: pass the option alone (a boolean flag)."""
 
 # Malformed values by kind of parameter. ``{tmp}`` is the test's own folder.
 BAD_INPUTS = ["missing", "empty-file", "text-file", "empty-dir", "bad-json-dir"]
 BAD_OUTPUT_FOLDERS = ["text-file", "under-a-file", "foreign-dir"]
 # A user's folder with a file at each level a command replaces as a whole: the folder itself
-# (scan, seeds, report, corpus, SAE), a method folder (prune), a clusters_{n} folder (cluster).
-FOREIGN = ("notes.txt", "wanda/notes.txt", "clusters_2/notes.txt")
+# (scan, seeds, report, corpus, SAE), a method folder (prune), a clusters_{n} folder (cluster,
+# aanet stage1), an n{n} folder (aanet stage3).
+FOREIGN = ("notes.txt", "wanda/notes.txt", "clusters_2/notes.txt", "n2/notes.txt")
 BAD_OUTPUT_FILES = ["empty-dir", "under-a-file"]
 # A text file is a valid one-document corpus; a binary file is not.
 TEXT_IS_VALID = {"--corpus", "--from"}
@@ -101,6 +108,16 @@ def valid(tiny_llama, text_corpus, tmp_path_factory) -> dict[str, Path]:
         d_in=64, d_sae=16, architecture="standard", hook_name="blocks.1.hook_resid_post"
     )
     sae = save_sae(SparseAutoencoder.from_config(cfg, seed=0), root / "sae")
+    with pytest.MonkeyPatch.context() as mp:  # a finished Stage 1 run for `aanet select/stage3`
+        mp.setenv("FEATGEO_CACHE", str(root / "cache"))
+        result = runner.invoke(
+            app,
+            ["aanet", "stage1", "--sae", str(sae), "--model", str(tiny_llama), "--corpus",
+             str(text_corpus), "--device", "cpu", "--context-size", "32", "--store-tokens",
+             "256", "--n-clusters", "2", "--k-max", "4", "--max-steps", "20", "--workers", "1",
+             "--save-dir", str(root / "stage1")],
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
     return {
         "--model": tiny_llama,
         "--corpus": text_corpus,
@@ -109,6 +126,7 @@ def valid(tiny_llama, text_corpus, tmp_path_factory) -> dict[str, Path]:
         "path": sae,
         "matrix": root / "matrix.pt",
         "--from": text_corpus,
+        "--csv-dir": root / "stage1",
     }
 
 
@@ -146,6 +164,12 @@ def base_args(command: str, valid: dict, tmp: Path) -> dict[str, str]:
                         "--out": tmp / "clusters"},
         "aanet stage1": {"--sae": valid["path"], **small_store, "--n-clusters": "2",
                          "--k-max": "3", "--max-steps": "20", "--save-dir": tmp / "stage1"},
+        "aanet select": {"--csv-dir": valid["--csv-dir"], "--n-clusters-list": "2",
+                         "--manual": "0", "--out": tmp / "selection.csv"},
+        "aanet stage3": {"--csv-dir": valid["--csv-dir"], "--n-clusters-list": "2",
+                         "--manual": "0", "--skip-training": FLAG, **tiny, "--workers": "1",
+                         "--store-tokens": "256", "--samples-per-vertex": "2",
+                         "--save-dir": tmp / "stage3"},
     }  # fmt: skip
     return {k: str(v) for k, v in args[command].items()}
 
@@ -190,7 +214,9 @@ def cases() -> list:
     for name, command in COMMANDS.items():
         for param in command.params:
             key = param_key(param)
-            if key in TEXT_IS_VALID:
+            if KIND_OF.get((name, key)) == "output-file":
+                kinds = BAD_OUTPUT_FILES
+            elif key in TEXT_IS_VALID:
                 kinds = [k if k != "text-file" else "binary-file" for k in BAD_INPUTS]
             elif key in INPUT_FOLDERS or key in INPUT_FILES:
                 kinds = BAD_INPUTS
@@ -211,7 +237,7 @@ def to_argv(command: str, args: dict[str, str]) -> list[str]:
     argv += [args[name] for name in positional if name in args]
     for key, value in args.items():
         if key not in positional:
-            argv += [key, value]
+            argv += [key] if value == FLAG else [key, value]
     return argv
 
 
@@ -281,6 +307,15 @@ def test_valid_base_arguments_parse(valid, tmp_path):
             name, to_argv(name, base_args(name, valid, tmp_path))[len(name.split()) :]
         )
         ctx.close()
+
+
+@pytest.mark.parametrize("command", ["aanet select", "aanet stage3"])
+def test_base_arguments_of_the_aanet_stages_run(command, valid, tmp_path):
+    """These commands read a finished Stage 1 run: their base arguments must succeed (so each
+    failure above is the bad path, not an unusable Stage 1 run)."""
+    result = runner.invoke(app, to_argv(command, base_args(command, valid, tmp_path / "work")))
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "work").iterdir())
 
 
 @pytest.mark.parametrize(

@@ -224,6 +224,24 @@ def append_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
         os.fsync(fh.fileno())
 
 
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy the bytes of ``src`` to ``dst`` atomically (a reader never sees half a file)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)
+
+
+def truncate_file(path: str | os.PathLike, size: int) -> None:
+    """Cut ``path`` back to its first ``size`` bytes (an append log resumed from a checkpoint);
+    a missing file is created empty when ``size`` is 0."""
+    path = Path(path)
+    if not path.exists() and size == 0:
+        path.touch()
+        return
+    with open(path, "r+b") as fh:
+        fh.truncate(size)
+
+
 @contextlib.contextmanager
 def staging_dir(final: str | os.PathLike, *, keep_on_error: bool = False) -> Iterator[Path]:
     """Build a folder next to ``final`` and swap it into place when the block succeeds.

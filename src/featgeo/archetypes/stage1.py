@@ -260,7 +260,7 @@ def _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force
     check_settings(save_dir, previous, settings)
 
     start = time.perf_counter()
-    store = _store(sae, config, str(torch_device))
+    store = activation_store(sae, config, str(torch_device))
     store_seconds = time.perf_counter() - start
     check_live_n_clusters(store, list(config.n_clusters))
     if explicit:  # checked (and never written) before --force removes anything
@@ -277,10 +277,10 @@ def _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force
     todo = [n for n in config.n_clusters if not run.finished(n, info, clusters[n])]
     if todo:
         info.update(
-            _versions(),
+            versions(),
             sae=str(sae_path),
             sae_fingerprint=settings["sae_fingerprint"],
-            store=_store_info(store),
+            store=store_info(store),
             clusters_dir=str(clusters_dir),
             settings=settings,
             plan={"models_per_unit": mpu},
@@ -293,7 +293,7 @@ def _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force
         write_json(save_dir / STAGE1_FILE, info)
     total = sum(len(clusters[n].rows) * len(config.ks) for n in todo)
     per_n = []
-    with _progress(progress and bool(todo), total) as bar:
+    with models_progress(progress and bool(todo), total) as bar:
         for n in config.n_clusters:
             if n in todo:
                 info["completed"][str(n)] = run.train_n(n, clusters[n], bar, settings)
@@ -305,7 +305,7 @@ def _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force
     return Stage1Result(save_dir, per_n, info)
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     import numpy
     import torch
 
@@ -315,7 +315,8 @@ def _versions() -> dict[str, str]:
             "numpy_version": numpy.__version__}  # fmt: skip
 
 
-def _store(sae, config: Stage1Config, device: str):
+def activation_store(sae, config: Stage1Config, device: str):
+    """The SAE's activation store of ``config.split`` (built once, then reused from the cache)."""
     from featgeo.activations.store import build_sae_store
 
     return build_sae_store(
@@ -330,7 +331,7 @@ def _store(sae, config: Stage1Config, device: str):
     )
 
 
-def _store_info(store) -> dict[str, Any]:
+def store_info(store) -> dict[str, Any]:
     keys = ("model", "corpus_fingerprint", "encoder_fingerprint", "split", "layer",
             "context_size")  # fmt: skip
     return {
@@ -510,9 +511,12 @@ class _Bar:
         self._show(self.done, busy)
 
 
-class _progress:
-    def __init__(self, enabled: bool, total: int):
+class models_progress:
+    """A models progress bar (:class:`_Bar`) as a context manager, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, description: str = "AANet models"):
         self.enabled, self.total, self.progress = enabled, total, None
+        self.description = description
 
     def __enter__(self) -> _Bar:
         if not self.enabled:
@@ -521,7 +525,7 @@ class _progress:
 
         self.progress = progress_bar()
         self.progress.__enter__()
-        return _Bar(self.progress, self.progress.add_task("AANet models", total=self.total,
+        return _Bar(self.progress, self.progress.add_task(self.description, total=self.total,
                                                           status=""))  # fmt: skip
 
     def __exit__(self, *exc) -> None:

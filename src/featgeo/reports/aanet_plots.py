@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from featgeo.archetypes.quality import cell_flag, cell_number
+from featgeo.archetypes.selection import selection_thresholds
 from featgeo.reports.figures import DEFAULT_DPI, save_figure
 
 MAX_STRENGTH = 1 / math.sqrt(2)
@@ -79,23 +80,6 @@ def _message(ax, text: str) -> None:
 
 def _fmt(value: float) -> str:
     return f"{value:g}" if float(value).is_integer() else f"{value:.2f}"
-
-
-def selection_thresholds(values: Sequence[float]) -> dict[str, float]:
-    """Selection thresholds of SPEC §3 over the finite ``values`` (one elbow strength per
-    cluster passing the quality filters): ``mu`` (mean), ``sigma`` (std), ``one_sigma``
-    (mu + sigma) and ``three_sigma`` (mu + 3 sigma); all NaN when no value is finite.
-
-    sigma is the population std (``ddof=0``): SPEC §3 only says "mu/sigma over the filtered
-    set", and featgeo reports population stds everywhere (pandas' ``Series.std`` would be
-    ``ddof=1``).
-    """
-    array = np.array([cell_number(v) for v in values], dtype=np.float64)
-    finite = array[np.isfinite(array)]
-    if not finite.size:
-        return dict.fromkeys(("mu", "sigma", "one_sigma", "three_sigma"), math.nan)
-    mu, sigma = float(finite.mean()), float(finite.std(ddof=0))
-    return {"mu": mu, "sigma": sigma, "one_sigma": mu + sigma, "three_sigma": mu + 3 * sigma}
 
 
 def pca_vs_geometric_rank(clusters: Sequence[Mapping[str, Any]], n: int) -> Figure:

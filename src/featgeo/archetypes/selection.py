@@ -1,0 +1,625 @@
+"""Stage 2 of seed 002: choose the latent clusters worth refitting and interpreting (SPEC §3).
+
+    from featgeo.archetypes.selection import SelectionCriteria, select_clusters
+
+    selection = select_clusters("outputs/real_data_analysis_canonical", [512, 768])
+    selection.frame()          # pandas DataFrame, one row per selected cluster
+
+For every n it reads Stage 1's ``consolidated_metrics_n{n}.csv`` (one row per (cluster, k)),
+keeps the clusters passing the quality filters (:class:`~featgeo.archetypes.quality.
+QualityFilters`), takes the mean mu and population std sigma of each elbow strength over those
+clusters, and puts a cluster in
+
+- **A** when both strengths exceed mu + ``sigma_a`` sigma (strong on both axes),
+- **B** when the recon strength exceeds mu + ``sigma_bc`` sigma (reconstruction outlier),
+- **C** when the archetypal strength exceeds mu + ``sigma_bc`` sigma (archetypal outlier),
+- **D** when ``k_differential == 0`` and both strengths exceed mu (the elbows agree).
+
+A cluster in several categories gets the first of the seed's priority A > D > B > C. Clusters
+of the ``manual`` list come first, with category **M**, whether or not they pass the filters.
+Each selected cluster is refit at its archetypal elbow k (``refit_k="arch"``, the seed's rule),
+its recon elbow k (``"recon"``) or the k of a :mod:`featgeo.archetypes.criteria` criterion
+read off its loss curves in the CSV.
+
+In the seed these thresholds were constants in ``select_promising_clusters()``; here they are
+the fields of :class:`SelectionCriteria` (and the options of ``featgeo aanet select``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featgeo.archetypes.quality import QualityFilters, cell_flag, cell_number
+from featgeo.errors import InputError
+
+CATEGORY_PRIORITY = ("M", "A", "D", "B", "C")
+"""Order of the selected list: the manual list, then the seed's A > D > B > C."""
+REFIT_RULES = ("arch", "recon")
+"""``refit_k`` values besides criterion names: the archetypal or the recon elbow k."""
+FILTER_OPTIONS = {
+    "min_latents": "--min-latents",
+    "monotonic": "--no-require-monotonic",
+    "pct_decrease": "--min-pct-decrease",
+    "k_differential": "--max-k-differential",
+}
+"""The option that relaxes each quality filter (named in "no clusters selected")."""
+REQUIRED_COLUMNS = (
+    "cluster_id",
+    "n_latents",
+    "latent_indices",
+    "aanet_k",
+    "aanet_recon_loss",
+    "aanet_archetypal_loss",
+    "aanet_recon_loss_elbow_k",
+    "aanet_recon_loss_elbow_strength",
+    "aanet_archetypal_loss_elbow_k",
+    "aanet_archetypal_loss_elbow_strength",
+    "k_differential",
+    "recon_is_monotonic",
+    "arch_is_monotonic",
+    "recon_pct_decrease",
+    "arch_pct_decrease",
+)
+"""Columns of ``consolidated_metrics_n{n}.csv`` that selection reads."""
+SELECTION_COLUMNS = [
+    "n_clusters",
+    "cluster_id",
+    "category",
+    "categories",
+    "refit_k",
+    "refit_k_source",
+    "n_latents",
+    "latent_indices",
+    "aanet_recon_loss_elbow_k",
+    "aanet_recon_loss_elbow_strength",
+    "aanet_archetypal_loss_elbow_k",
+    "aanet_archetypal_loss_elbow_strength",
+    "k_differential",
+    "passes_quality_filters",
+]
+"""Columns of the selection table (``featgeo aanet select --out``): one row per selected
+cluster. ``category`` is the chosen one, ``categories`` every one it qualifies for (space
+separated, priority order), ``refit_k_source`` the rule that gave ``refit_k``."""
+
+
+def csv_name(n: int) -> str:
+    return f"consolidated_metrics_n{n}.csv"
+
+
+@dataclass(frozen=True)
+class SelectionCriteria:
+    """Every threshold of the selection (SPEC §3 defaults)."""
+
+    filters: QualityFilters = field(default_factory=QualityFilters)
+    sigma_a: float = 1.0
+    """Category A: both strengths above mu + sigma_a * sigma."""
+    sigma_bc: float = 3.0
+    """Categories B and C: one strength above mu + sigma_bc * sigma."""
+    manual: tuple[tuple[int, int], ...] = ()
+    """(n_clusters, cluster_id) pairs selected first (category M), filters or not; repeats are
+    dropped."""
+    refit_k: str = "arch"
+    """"arch", "recon" or a criterion name of :mod:`featgeo.archetypes.criteria`."""
+
+    def __post_init__(self) -> None:
+        from featgeo.archetypes.criteria import CRITERIA
+
+        if not isinstance(self.filters, QualityFilters):
+            raise TypeError(f"filters must be QualityFilters, got {type(self.filters).__name__}")
+        for name in ("sigma_a", "sigma_bc"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                option = "--" + name.replace("_", "-")
+                raise ValueError(f"{option} must be a finite number, got {value!r}")
+        if self.refit_k not in REFIT_RULES and self.refit_k not in CRITERIA:
+            raise ValueError(
+                f"--refit-k {self.refit_k!r} is not one of {[*REFIT_RULES, *sorted(CRITERIA)]}; "
+                "use arch (the seed's rule), recon or a k criterion"
+            )
+        pairs = ((int(n), int(c)) for n, c in self.manual)
+        object.__setattr__(self, "manual", tuple(dict.fromkeys(pairs)))  # repeats dropped
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["manual"] = [list(pair) for pair in self.manual]
+        return out
+
+
+def parse_manual(text: str | None, n_clusters: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """``--manual``: comma-separated ``N:ID`` (or plain ``ID`` when only one n is run).
+
+    Raises:
+        ValueError: a malformed entry, or a plain id with several n_clusters values.
+    """
+    if text is None or not text.strip():
+        return ()
+    out = []
+    for item in (part.strip() for part in text.split(",")):
+        match = re.fullmatch(r"(?:(\d+):)?(\d+)", item)
+        if not match:
+            raise ValueError(
+                f"--manual entry {item!r} is not a cluster id; write IDs or N:ID, e.g. "
+                "--manual 512:3,768:10"
+            )
+        if match[1] is None and len(n_clusters) != 1:
+            raise ValueError(
+                f"--manual {item} is ambiguous with several n_clusters {list(n_clusters)}; "
+                f"write N:ID, e.g. --manual {n_clusters[0]}:{item}"
+            )
+        n = int(match[1]) if match[1] is not None else int(n_clusters[0])
+        if n not in n_clusters:
+            raise ValueError(
+                f"--manual {item}: n_clusters {n} is not in --n-clusters-list {list(n_clusters)}"
+            )
+        pair = (n, int(match[2]))
+        if pair not in out:
+            out.append(pair)
+    return tuple(out)
+
+
+def selection_thresholds(values: Iterable[Any]) -> dict[str, float]:
+    """SPEC §3 thresholds over the finite ``values`` (one elbow strength per cluster passing
+    the quality filters): ``mu`` (mean), ``sigma`` (std), ``one_sigma`` (mu + sigma) and
+    ``three_sigma`` (mu + 3 sigma); all NaN when no value is finite.
+
+    sigma is the population std (``ddof=0``): SPEC §3 only says "mu/sigma over the filtered
+    set", and featgeo reports population stds everywhere (pandas' ``Series.std`` would be
+    ``ddof=1``).
+    """
+    array = np.array([cell_number(v) for v in values], dtype=np.float64)
+    finite = array[np.isfinite(array)]
+    if not finite.size:
+        return dict.fromkeys(("mu", "sigma", "one_sigma", "three_sigma"), math.nan)
+    mu, sigma = float(finite.mean()), float(finite.std(ddof=0))
+    return {"mu": mu, "sigma": sigma, "one_sigma": mu + sigma, "three_sigma": mu + 3 * sigma}
+
+
+# -- reading Stage 1's CSV ----------------------------------------------------------------------
+@dataclass
+class Stage1Cluster:
+    """One cluster of a Stage 1 CSV: its cluster-level cells and its loss curves over k."""
+
+    n_clusters: int
+    cluster_id: int
+    cells: dict[str, str]
+    """The cluster's first row (cluster-level columns repeat on every k row)."""
+    ks: list[int]
+    recon: list[float]
+    archetypal: list[float]
+    inside: list[float]
+
+    @property
+    def latent_indices(self) -> list[int]:
+        return [int(v) for v in self.cells["latent_indices"].split()]
+
+
+def find_csv(csv_dir: str | Path, n: int) -> Path:
+    """``{csv_dir}/clusters_{n}/consolidated_metrics_n{n}.csv`` (Stage 1's layout) or the file
+    directly in ``csv_dir``.
+
+    Raises:
+        FileNotFoundError: "CSV not found", naming the file and the folders searched.
+    """
+    csv_dir = Path(csv_dir)
+    if not csv_dir.is_dir():
+        raise FileNotFoundError(
+            f"--csv-dir '{csv_dir}' is not a folder; pass the output folder of a finished "
+            "`featgeo aanet stage1 --save-dir ...`"
+        )
+    places = [csv_dir / f"clusters_{n}", csv_dir]
+    for place in places:
+        if (place / csv_name(n)).is_file():
+            return place / csv_name(n)
+    raise FileNotFoundError(
+        f"CSV not found: no {csv_name(n)} in {places[0]} or {places[1]}; point --csv-dir at the "
+        f"output folder of a finished `featgeo aanet stage1 --save-dir ...` that ran "
+        f"n_clusters={n}"
+    )
+
+
+def read_stage1_csv(path: str | Path, n: int) -> list[Stage1Cluster]:
+    """The clusters of one Stage 1 CSV, by cluster id, each with its losses by k.
+
+    Raises:
+        ValueError: missing columns (e.g. no elbow metrics), a malformed cell, or rows of
+            another n_clusters.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a readable CSV ({exc}); rerun Stage 1") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(
+            f"{path} has no column(s) {', '.join(missing)}; selection reads the elbow metrics "
+            "of `featgeo aanet stage1`: rerun Stage 1 to write a complete CSV"
+        )
+    if not rows:
+        raise ValueError(f"{path} has no rows; rerun Stage 1 for n_clusters={n}")
+    clusters: dict[int, Stage1Cluster] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            cid, k = int(row["cluster_id"]), int(row["aanet_k"])
+            total = row.get("n_clusters_total")
+            if total not in (None, "") and int(total) != n:
+                raise ValueError(f"n_clusters_total {total} is not {n}")
+            latents = [int(v) for v in row["latent_indices"].split()]
+            if int(row["n_latents"]) != len(latents):
+                raise ValueError(f"n_latents {row['n_latents']} but {len(latents)} latent_indices")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                f"{path} line {line} is malformed ({exc}); rerun Stage 1 for n_clusters={n}"
+            ) from None
+        cluster = clusters.setdefault(cid, Stage1Cluster(n, cid, dict(row), [], [], [], []))
+        if k in cluster.ks:
+            raise ValueError(f"{path} line {line} repeats cluster {cid} k={k}; rerun Stage 1")
+        cluster.ks.append(k)
+        ok = row.get("aanet_status", "ok") == "ok"
+        cluster.recon.append(cell_number(row["aanet_recon_loss"]) if ok else math.nan)
+        cluster.archetypal.append(cell_number(row["aanet_archetypal_loss"]) if ok else math.nan)
+        cluster.inside.append(cell_number(row.get("inside_fraction")))
+    for cluster in clusters.values():
+        order = np.argsort(cluster.ks)
+        for name in ("ks", "recon", "archetypal", "inside"):
+            setattr(cluster, name, [getattr(cluster, name)[i] for i in order])
+    return [clusters[c] for c in sorted(clusters)]
+
+
+def csv_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# -- selecting ----------------------------------------------------------------------------------
+@dataclass
+class NSelection:
+    """What selection found for one n_clusters value."""
+
+    n_clusters: int
+    csv: Path
+    csv_sha256: str
+    n_clusters_found: int
+    filter_failures: dict[str, int]
+    """Clusters failing each quality filter (a cluster may fail several)."""
+    n_passing: int
+    recon_thresholds: dict[str, float]
+    arch_thresholds: dict[str, float]
+    category_counts: dict[str, int]
+    """Selected clusters per chosen category."""
+
+
+@dataclass
+class Selection:
+    """The selected clusters (:data:`SELECTION_COLUMNS` rows) and how they were found."""
+
+    rows: list[dict[str, Any]]
+    per_n: list[NSelection]
+    criteria: SelectionCriteria
+    clusters: dict[tuple[int, int], Stage1Cluster] = field(repr=False, default_factory=dict)
+    """Every cluster read, by (n_clusters, cluster_id)."""
+
+    def frame(self):
+        """The rows as a pandas DataFrame (columns :data:`SELECTION_COLUMNS`)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=SELECTION_COLUMNS)
+
+    def info(self) -> dict[str, Any]:
+        """JSON summary: criteria and, per n, counts and thresholds."""
+        return {
+            "criteria": self.criteria.to_dict(),
+            "per_n": [{**asdict(s), "csv": str(s.csv)} for s in self.per_n],
+        }
+
+
+class NoClustersSelected(InputError):
+    """Selection kept nothing; the message gives each filter's removals."""
+
+
+def select_clusters(
+    csv_dir: str | Path,
+    n_clusters: Sequence[int],
+    criteria: SelectionCriteria | None = None,
+) -> Selection:
+    """Select clusters from Stage 1's CSVs (see the module docstring).
+
+    Args:
+        csv_dir: Stage 1's ``--save-dir`` (holding ``clusters_{n}/consolidated_metrics_n{n}.csv``).
+        n_clusters: the n values to read.
+        criteria: thresholds, manual list and refit rule (SPEC §3 defaults).
+
+    Returns:
+        :class:`Selection`, rows ordered by n, then category priority (manual first, in the
+        list's order; then by the sum of both strengths, strongest first; then cluster id).
+
+    Raises:
+        FileNotFoundError: "CSV not found" for an n.
+        ValueError: a CSV without elbow columns or malformed; a manual cluster that is not in
+            its CSV or has no refit k.
+        NoClustersSelected: nothing selected; the message counts what each filter removed.
+    """
+    from featgeo.latents.run import parse_n_clusters
+
+    criteria = criteria or SelectionCriteria()
+    if not isinstance(criteria, SelectionCriteria):
+        raise TypeError(f"criteria must be SelectionCriteria, got {type(criteria).__name__}")
+    n_values = sorted(parse_n_clusters(list(n_clusters)))
+    stray = [pair for pair in criteria.manual if pair[0] not in n_values]
+    if stray:
+        raise ValueError(
+            f"manual cluster {stray[0][0]}:{stray[0][1]} names n_clusters={stray[0][0]}, which is "
+            f"not among {n_values}; add it to --n-clusters-list or drop it from --manual"
+        )
+    paths = {n: find_csv(csv_dir, n) for n in n_values}  # every missing CSV before any work
+    rows, per_n, everything = [], [], {}
+    for n in n_values:
+        clusters = read_stage1_csv(paths[n], n)
+        everything.update({(n, c.cluster_id): c for c in clusters})
+        n_rows, summary = _select_n(n, clusters, criteria, paths[n])
+        rows += n_rows
+        per_n.append(summary)
+    if not rows:
+        raise NoClustersSelected(_nothing_selected(per_n, criteria))
+    return Selection(rows, per_n, criteria, everything)
+
+
+def _select_n(n, clusters, criteria, path) -> tuple[list[dict], NSelection]:
+    filters = criteria.filters
+    by_id = {c.cluster_id: c for c in clusters}
+    for pair in criteria.manual:
+        if pair[0] == n and pair[1] not in by_id:
+            raise ValueError(
+                f"--manual {n}:{pair[1]}: {path.name} has no cluster {pair[1]} (ids "
+                f"{min(by_id)}..{max(by_id)}); fix the list"
+            )
+    failures = {name: 0 for name in FILTER_OPTIONS}
+    passing = []
+    for c in clusters:
+        failed = filters.failures(c.cells)
+        for name in failed:
+            failures[name] += 1
+        if not failed:
+            passing.append(c)
+    recon_t = selection_thresholds(c.cells["aanet_recon_loss_elbow_strength"] for c in passing)
+    arch_t = selection_thresholds(c.cells["aanet_archetypal_loss_elbow_strength"] for c in passing)
+    chosen: list[tuple[Stage1Cluster, list[str]]] = []
+    manual_ids = [cid for m, cid in criteria.manual if m == n]
+    for cid in manual_ids:  # categories are defined over the filtered set only
+        cats = _categories(by_id[cid], recon_t, arch_t, criteria) if by_id[cid] in passing else []
+        chosen.append((by_id[cid], ["M", *cats]))
+    ranked = []
+    for c in passing:
+        if c.cluster_id in manual_ids:
+            continue
+        cats = _categories(c, recon_t, arch_t, criteria)
+        if cats:
+            ranked.append((c, cats))
+    ranked.sort(
+        key=lambda item: (
+            CATEGORY_PRIORITY.index(item[1][0]),
+            -_strength_sum(item[0]),
+            item[0].cluster_id,
+        )
+    )
+    chosen += ranked
+    rows = [_row(n, c, cats, criteria, passing) for c, cats in chosen]
+    counts = {cat: sum(r["category"] == cat for r in rows) for cat in CATEGORY_PRIORITY}
+    summary = NSelection(
+        n, path, csv_sha256(path), len(clusters), failures, len(passing), recon_t, arch_t, counts
+    )
+    return rows, summary
+
+
+def _categories(c: Stage1Cluster, recon_t, arch_t, criteria) -> list[str]:
+    """Every category of SPEC §3 that cluster ``c`` meets, in priority order."""
+    r = cell_number(c.cells["aanet_recon_loss_elbow_strength"])
+    a = cell_number(c.cells["aanet_archetypal_loss_elbow_strength"])
+    diff = cell_number(c.cells["k_differential"])
+    mu_r, s_r, mu_a, s_a = recon_t["mu"], recon_t["sigma"], arch_t["mu"], arch_t["sigma"]
+    found = []
+    if r > mu_r + criteria.sigma_a * s_r and a > mu_a + criteria.sigma_a * s_a:
+        found.append("A")
+    if diff == 0 and r > mu_r and a > mu_a:
+        found.append("D")
+    if r > mu_r + criteria.sigma_bc * s_r:
+        found.append("B")
+    if a > mu_a + criteria.sigma_bc * s_a:
+        found.append("C")
+    return found  # comparisons with NaN are False: no category without thresholds
+
+
+def _strength_sum(c: Stage1Cluster) -> float:
+    total = cell_number(c.cells["aanet_recon_loss_elbow_strength"]) + cell_number(
+        c.cells["aanet_archetypal_loss_elbow_strength"]
+    )
+    return total if math.isfinite(total) else -math.inf
+
+
+def refit_k(c: Stage1Cluster, rule: str) -> int | None:
+    """The k a selected cluster is refit at by ``rule`` (None when undefined)."""
+    from featgeo.archetypes.criteria import select_k
+
+    if rule in REFIT_RULES:
+        column = "aanet_archetypal_loss_elbow_k" if rule == "arch" else "aanet_recon_loss_elbow_k"
+        value = cell_number(c.cells[column])
+        return int(value) if math.isfinite(value) else None
+    inside = c.inside if all(math.isfinite(v) for v in c.inside) else None
+    try:
+        return select_k(c.recon, c.archetypal, c.ks, rule, inside=inside).k
+    except ValueError:  # e.g. a criterion that needs inside fractions the CSV lacks
+        return None
+
+
+def _row(n, c: Stage1Cluster, cats: list[str], criteria, passing) -> dict[str, Any]:
+    k = refit_k(c, criteria.refit_k)
+    if k is None:
+        raise ValueError(
+            f"cluster {c.cluster_id} of n_clusters={n} has no {criteria.refit_k} k (its models "
+            f"were not all trained, see {csv_name(n)}); "
+            + ("drop it from --manual or choose " if cats[0] == "M" else "choose ")
+            + "another --refit-k"
+        )
+    cells = c.cells
+    return {
+        "n_clusters": n,
+        "cluster_id": c.cluster_id,
+        "category": cats[0],
+        "categories": " ".join(cats),
+        "refit_k": int(k),
+        "refit_k_source": criteria.refit_k,
+        "n_latents": int(cells["n_latents"]),
+        "latent_indices": cells["latent_indices"],
+        "aanet_recon_loss_elbow_k": _int_or_none(cells["aanet_recon_loss_elbow_k"]),
+        "aanet_recon_loss_elbow_strength": cell_number(cells["aanet_recon_loss_elbow_strength"]),
+        "aanet_archetypal_loss_elbow_k": _int_or_none(cells["aanet_archetypal_loss_elbow_k"]),
+        "aanet_archetypal_loss_elbow_strength": cell_number(
+            cells["aanet_archetypal_loss_elbow_strength"]
+        ),
+        "k_differential": _int_or_none(cells["k_differential"]),
+        "passes_quality_filters": any(p is c for p in passing),
+    }
+
+
+def _int_or_none(cell: str) -> int | None:
+    value = cell_number(cell)
+    return int(value) if math.isfinite(value) else None
+
+
+def _nothing_selected(per_n: Sequence[NSelection], criteria: SelectionCriteria) -> str:
+    parts = []
+    for s in per_n:
+        removed = ", ".join(
+            f"{name} removed {count} ({FILTER_OPTIONS[name]})"
+            for name, count in s.filter_failures.items()
+        )
+        parts.append(
+            f"n={s.n_clusters}: {s.n_clusters_found} clusters, {removed}; {s.n_passing} passed "
+            "and none beat the category thresholds"
+            if s.n_passing
+            else f"n={s.n_clusters}: {s.n_clusters_found} clusters, {removed}; none passed"
+        )
+    return (
+        "No clusters selected (" + "; ".join(parts) + "). Relax the filter that removes the "
+        f"most, lower --sigma-a {criteria.sigma_a:g} / --sigma-bc {criteria.sigma_bc:g}, or name "
+        "clusters with --manual"
+    )
+
+
+# -- the selection table as a file --------------------------------------------------------------
+def selection_cells(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Rows as CSV text cells (floats in shortest round-trip form, empty for missing)."""
+    from featgeo.archetypes.consolidated import csv_cell
+
+    return [{c: csv_cell(row.get(c)) for c in SELECTION_COLUMNS} for row in rows]
+
+
+def read_selection(path: str | Path, n_clusters: Sequence[int]) -> list[dict[str, Any]]:
+    """Rows of a selection CSV written by ``featgeo aanet select --out`` for ``n_clusters``.
+
+    Raises:
+        FileNotFoundError / ValueError: no such file, missing columns, malformed cells.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"--selection '{path}' is a folder; pass the CSV of `featgeo aanet select --out`"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--selection '{path}' does not exist; write it with `featgeo aanet select --out`"
+        )
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns, cells = reader.fieldnames or [], list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"--selection '{path}' is not a readable CSV ({exc})") from None
+    missing = [c for c in SELECTION_COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(
+            f"--selection '{path}' has no column(s) {', '.join(missing)}; write it with "
+            "`featgeo aanet select --out`"
+        )
+    rows = []
+    for line, cell in enumerate(cells, start=2):
+        try:
+            row = {
+                "n_clusters": int(cell["n_clusters"]),
+                "cluster_id": int(cell["cluster_id"]),
+                "category": cell["category"],
+                "categories": cell["categories"],
+                "refit_k": int(cell["refit_k"]),
+                "refit_k_source": cell["refit_k_source"],
+                "n_latents": int(cell["n_latents"]),
+                "latent_indices": cell["latent_indices"],
+                "aanet_recon_loss_elbow_k": _int_or_none(cell["aanet_recon_loss_elbow_k"]),
+                "aanet_recon_loss_elbow_strength": cell_number(
+                    cell["aanet_recon_loss_elbow_strength"]
+                ),
+                "aanet_archetypal_loss_elbow_k": _int_or_none(
+                    cell["aanet_archetypal_loss_elbow_k"]
+                ),
+                "aanet_archetypal_loss_elbow_strength": cell_number(
+                    cell["aanet_archetypal_loss_elbow_strength"]
+                ),
+                "k_differential": _int_or_none(cell["k_differential"]),
+                "passes_quality_filters": cell_flag(cell["passes_quality_filters"]),
+            }
+            [int(v) for v in row["latent_indices"].split()]
+            if row["category"] not in CATEGORY_PRIORITY or row["refit_k"] < 2:
+                raise ValueError(f"category {row['category']!r}, refit_k {row['refit_k']}")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                f"--selection '{path}' line {line} is malformed ({exc}); write it with "
+                "`featgeo aanet select --out`"
+            ) from None
+        if row["n_clusters"] in n_clusters:
+            rows.append(row)
+    keys = [(r["n_clusters"], r["cluster_id"]) for r in rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError(
+            f"--selection '{path}' lists a cluster twice; write it with "
+            "`featgeo aanet select --out`"
+        )
+    if not rows:
+        raise NoClustersSelected(
+            f"No clusters selected: --selection '{path}' has no row for n_clusters "
+            f"{list(n_clusters)}; check --n-clusters-list"
+        )
+    return rows
+
+
+__all__ = [
+    "CATEGORY_PRIORITY",
+    "NSelection",
+    "NoClustersSelected",
+    "REQUIRED_COLUMNS",
+    "SELECTION_COLUMNS",
+    "Selection",
+    "SelectionCriteria",
+    "Stage1Cluster",
+    "find_csv",
+    "parse_manual",
+    "read_selection",
+    "read_stage1_csv",
+    "refit_k",
+    "select_clusters",
+    "selection_cells",
+    "selection_thresholds",
+]
