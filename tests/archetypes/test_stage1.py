@@ -593,3 +593,18 @@ def test_truncated_cluster_metrics_and_folders_without_clustering_json(env, tmp_
     before = snapshot(clusters)
     one_line_error(runner.invoke(app, args), "missing clustering.json")
     assert snapshot(clusters) == before and not (tmp_path / "out").exists()
+
+
+def test_cluster_columns_repeat_on_every_row_of_a_cluster_and_model_columns_differ(run):
+    from featgeo.archetypes.consolidated import CLUSTER_COLUMNS, COLUMNS, MODEL_COLUMNS
+
+    assert sorted(CLUSTER_COLUMNS + MODEL_COLUMNS) == sorted(COLUMNS)
+    out, _ = run
+    _, rows = read_rows(out / "clusters_6" / "consolidated_metrics_n6.csv")
+    by_cluster = {}
+    for row in rows:
+        by_cluster.setdefault(row["cluster_id"], []).append(row)
+    for group in by_cluster.values():
+        for column in CLUSTER_COLUMNS:
+            assert len({row[column] for row in group}) == 1, column
+    assert len({row["aanet_k"] for row in rows if row["cluster_id"] == rows[0]["cluster_id"]}) > 1

@@ -71,6 +71,12 @@ why it stopped, its last learning rate, the share of the cluster's points inside
 its k diffusion extrema, the k recommended by featgeo's criterion (with strength and name) and
 whether the cluster passes the SPEC §3 quality filters."""
 COLUMNS = SEED_COLUMNS + FEATGEO_COLUMNS
+MODEL_COLUMNS = ["aanet_k", "aanet_status", "aanet_loss", "aanet_recon_loss",
+                 "aanet_archetypal_loss", "aanet_extrema_loss", "n_active_tokens", "aanet_steps",
+                 "aanet_stop_reason", "aanet_final_lr", "inside_fraction"]  # fmt: skip
+"""The columns that differ between a cluster's rows (one model per row)."""
+CLUSTER_COLUMNS = [c for c in COLUMNS if c not in MODEL_COLUMNS]
+"""The cluster-level columns, repeated on each of a cluster's rows."""
 _LOSS_COLUMNS = dict(
     zip(
         LOSS_NAMES,
@@ -257,7 +263,9 @@ def csv_cell(value: Any) -> str:
 
 
 __all__ = [
+    "CLUSTER_COLUMNS",
     "COLUMNS",
+    "MODEL_COLUMNS",
     "FEATGEO_COLUMNS",
     "SEED_COLUMNS",
     "cluster_level",

@@ -238,19 +238,8 @@ def read_stage1_csv(path: str | Path, n: int) -> list[Stage1Cluster]:
             another n_clusters.
     """
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            columns = reader.fieldnames or []
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path} is not a readable CSV ({exc}); rerun Stage 1") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise ValueError(
-            f"{path} has no column(s) {', '.join(missing)}; selection reads the elbow metrics "
-            "of `featgeo aanet stage1`: rerun Stage 1 to write a complete CSV"
-        )
+    rows = _read_csv(path, REQUIRED_COLUMNS, str(path), "selection reads the elbow metrics of "
+                     "`featgeo aanet stage1`: rerun Stage 1 to write a complete CSV")  # fmt: skip
     if not rows:
         raise ValueError(f"{path} has no rows; rerun Stage 1 for n_clusters={n}")
     clusters: dict[int, Stage1Cluster] = {}
@@ -280,6 +269,20 @@ def read_stage1_csv(path: str | Path, n: int) -> list[Stage1Cluster]:
         for name in ("ks", "recon", "archetypal", "inside"):
             setattr(cluster, name, [getattr(cluster, name)[i] for i in order])
     return [clusters[c] for c in sorted(clusters)]
+
+
+def _read_csv(path: Path, required: Sequence[str], name: str, fix: str) -> list[dict[str, str]]:
+    """Rows of a CSV that must have ``required`` columns; errors name the file and the fix."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns, rows = reader.fieldnames or [], list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{name} is not a readable CSV ({exc}); {fix}") from None
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ValueError(f"{name} has no column(s) {', '.join(missing)}; {fix}")
+    return rows
 
 
 def csv_sha256(path: str | Path) -> str:
@@ -544,18 +547,8 @@ def read_selection(path: str | Path, n_clusters: Sequence[int]) -> list[dict[str
         raise FileNotFoundError(
             f"--selection '{path}' does not exist; write it with `featgeo aanet select --out`"
         )
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            columns, cells = reader.fieldnames or [], list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"--selection '{path}' is not a readable CSV ({exc})") from None
-    missing = [c for c in SELECTION_COLUMNS if c not in columns]
-    if missing:
-        raise ValueError(
-            f"--selection '{path}' has no column(s) {', '.join(missing)}; write it with "
-            "`featgeo aanet select --out`"
-        )
+    cells = _read_csv(path, SELECTION_COLUMNS, f"--selection '{path}'",
+                      "write it with `featgeo aanet select --out`")  # fmt: skip
     rows = []
     for line, cell in enumerate(cells, start=2):
         try:

@@ -40,6 +40,7 @@ import numpy as np
 
 from featgeo.archetypes.aanet import AANet
 from featgeo.archetypes.config import AANetConfig
+from featgeo.archetypes.consolidated import CLUSTER_COLUMNS
 from featgeo.archetypes.selection import (
     SELECTION_COLUMNS,
     SelectionCriteria,
@@ -686,7 +687,7 @@ class _Run:
             "refit_k_source": row["refit_k_source"],
             "refit_k_reason": _refit_reason(row),
             "mode": self.settings["mode"],
-            "stage1": {c: _typed(cluster.cells[c]) for c in _STAGE1_CELLS if c in cluster.cells},
+            "stage1": {c: _typed(cluster.cells[c]) for c in CLUSTER_COLUMNS if c in cluster.cells},
             "stage1_losses": {
                 "k": cluster.ks,
                 "recon": cluster.recon,
@@ -719,27 +720,6 @@ class _Run:
             },
             "featgeo_version": self.info["featgeo_version"],
         }
-
-
-_STAGE1_CELLS = (
-    "decoder_dir_rank",
-    "activation_pca_rank",
-    "cluster_recon_error",
-    "aanet_recon_loss_elbow_k",
-    "aanet_recon_loss_elbow_strength",
-    "aanet_archetypal_loss_elbow_k",
-    "aanet_archetypal_loss_elbow_strength",
-    "k_differential",
-    "recon_is_monotonic",
-    "arch_is_monotonic",
-    "recon_pct_decrease",
-    "arch_pct_decrease",
-    "recommended_k",
-    "recommended_k_criterion",
-    "passes_quality_filters",
-    "average_l0",
-    "sae_id",
-)
 
 
 def _typed(cell: str) -> Any:

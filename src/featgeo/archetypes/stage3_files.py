@@ -78,7 +78,12 @@ def check_save_dir(save_dir: Path, n_clusters: tuple[int, ...]) -> None:
 def read_stage1_record(csv_dir: Path) -> dict[str, Any] | None:
     """Stage 1's ``stage1.json`` in ``csv_dir`` (None when there is none: CSVs of another
     Stage 1 implementation, which then needs ``--sae``)."""
-    path = csv_dir / "stage1.json"
+    return _read_record(csv_dir / "stage1.json", "Stage 1", "point --csv-dir at the --save-dir "
+                        "of `featgeo aanet stage1`")  # fmt: skip
+
+
+def _read_record(path: Path, what: str, fix: str) -> dict[str, Any] | None:
+    """A run record (a JSON object with ``settings``), None when there is no file."""
     if not path.is_file():
         return None
     try:
@@ -86,10 +91,7 @@ def read_stage1_record(csv_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         info = None
     if not isinstance(info, dict) or not isinstance(info.get("settings"), dict):
-        raise ValueError(
-            f"{path} is not a Stage 1 record; point --csv-dir at the --save-dir of "
-            "`featgeo aanet stage1`"
-        )
+        raise ValueError(f"{path} is not a {what} record; {fix}")
     return info
 
 
@@ -99,19 +101,10 @@ def stage1_model_path(models_dir: Path, n: int, cluster_id: int, k: int) -> Path
 
 def read_previous(save_dir: Path, force: bool) -> dict[str, Any] | None:
     """A finished or running ``stage3.json`` (None when absent, or with ``force``)."""
-    path = save_dir / STAGE3_FILE
-    if force or not path.is_file():
+    if force:
         return None
-    try:
-        info = read_json(path)
-    except (OSError, ValueError):
-        info = None
-    if not isinstance(info, dict) or not isinstance(info.get("settings"), dict):
-        raise ValueError(
-            f"{path} is not a Stage 3 record; pass --force to replace the run, or another "
-            "--save-dir"
-        )
-    return info
+    return _read_record(save_dir / STAGE3_FILE, "Stage 3", "pass --force to replace the run, "
+                        "or another --save-dir")  # fmt: skip
 
 
 def same(a: Any, b: Any) -> bool:
