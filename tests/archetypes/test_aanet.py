@@ -181,3 +181,17 @@ def test_load_of_garbage_names_the_fix(tmp_path):
     torch.save({"format": "featgeo.aanet", "format_version": 1}, partial)
     with pytest.raises(ValueError, match="missing"):
         AANet.load(partial)
+
+
+def test_config_from_options_names_the_option_of_a_bad_value():
+    from featgeo.archetypes.config import AANetConfig, config_from_options
+
+    base = AANetConfig(max_steps=40, lr=0.01)
+    assert config_from_options({"max_steps": 7}, base) == AANetConfig(max_steps=7, lr=0.01)
+    assert config_from_options({}) == AANetConfig()
+    for values, message in (({"max_steps": 0}, "--max-steps must be a positive int"),
+                            ({"lr": -1.0}, "--lr must be a positive finite number"),
+                            ({"smoothing_window": 0}, "--loss-smoothing-window must"),
+                            ({"hidden": (3,)}, "cannot be set here")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            config_from_options(values, base)

@@ -368,7 +368,7 @@ def test_not_an_sae(env, tmp_path):
         ({"--n_clusters": "4,49"}, "--n-clusters 49 is larger than the SAE's 48 latents"),
         ({"--k_min": "1"}, "k_min must be >= 2"),
         ({"--k_min": "5"}, "k_min (5) must be <= k_max (4)"),
-        ({"--aanet_max_steps": "0"}, "max_steps must be a positive int"),
+        ({"--aanet_max_steps": "0"}, "--max-steps must be a positive int"),
         ({"--models_per_unit": "many"}, "--models-per-unit must be 'auto' or an int"),
         ({"--clustering": "nosuch"}, "nosuch"),
         ({"--device": "tpu"}, "device must be 'auto', 'cpu' or 'cuda"),

@@ -651,7 +651,10 @@ def test_bad_input_is_one_line_and_writes_nothing(case, stage1, tmp_path):
 def test_bad_input_in_mode1_writes_nothing_either(stage1, tmp_path):
     save = tmp_path / "out"
     one_line_error(runner.invoke(app, s3_args(stage1, save, "--split", "sae_train")), "--split")
-    one_line_error(runner.invoke(app, s3_args(stage1, save, "--max-steps", "0")), "max_steps")
+    one_line_error(runner.invoke(app, s3_args(stage1, save, "--max-steps", "0")),
+                   "--max-steps must be a positive int")  # fmt: skip
+    one_line_error(runner.invoke(app, s3_args(stage1, save, "--stage1-models-dir", str(stage1))),
+                   "--stage1-models-dir is read only with --skip-training")  # fmt: skip
     assert not save.exists()
 
 

@@ -142,4 +142,36 @@ class AANetConfig:
         return cls(**data)
 
 
+OPTIONS = {
+    "max_steps": "--max-steps",
+    "early_stop_patience": "--early-stop-patience",
+    "smoothing_window": "--loss-smoothing-window",
+    "lr": "--lr",
+    "seed": "--seed",
+}
+"""The command-line options of the AANetConfig fields that ``featgeo aanet`` commands set."""
+
+
+def config_from_options(values: dict[str, Any], base: AANetConfig | None = None) -> AANetConfig:
+    """``base`` (default: SPEC §3's config) with the fields of ``values`` (keys of
+    :data:`OPTIONS`) replaced; an invalid value is reported under its option's name.
+
+    Raises:
+        ValueError: an unknown field, or a value the config refuses (e.g. "--max-steps must be
+            a positive int, got 0").
+    """
+    from dataclasses import replace
+
+    unknown = sorted(set(values) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"AANet settings {unknown} cannot be set here; use {sorted(OPTIONS)}")
+    for name, value in values.items():
+        try:
+            AANetConfig(**{name: value})
+        except (TypeError, ValueError) as exc:
+            reason = str(exc).split(" must ", 1)[-1]
+            raise ValueError(f"{OPTIONS[name]} must {reason}") from None
+    return replace(base or AANetConfig(), **values)
+
+
 __all__ = ["AANetConfig"]

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from featgeo.archetypes.aanet import AANet
-from featgeo.archetypes.config import AANetConfig
+from featgeo.archetypes.config import OPTIONS, AANetConfig, config_from_options
 from featgeo.archetypes.consolidated import CLUSTER_COLUMNS
 from featgeo.archetypes.selection import (
     SELECTION_COLUMNS,
@@ -83,7 +83,7 @@ from featgeo.files import (
 
 log = logging.getLogger(__name__)
 
-TRAINING_FIELDS = ("max_steps", "early_stop_patience", "smoothing_window", "lr", "seed")
+TRAINING_FIELDS = tuple(OPTIONS)
 """AANet settings MODE 1 may change from Stage 1's (``Stage3Config.training``)."""
 
 
@@ -107,7 +107,6 @@ class Stage3Config:
     models_per_unit: int | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
-        from featgeo.archetypes.units import plan_units  # noqa: F401 - import check only
         from featgeo.latents.run import parse_n_clusters
 
         object.__setattr__(self, "n_clusters", tuple(parse_n_clusters(list(self.n_clusters))))
@@ -115,10 +114,7 @@ class Stage3Config:
             raise TypeError(f"criteria must be SelectionCriteria, got {type(self.criteria)}")
         if not isinstance(self.vertex, VertexSettings):
             raise TypeError(f"vertex must be VertexSettings, got {type(self.vertex).__name__}")
-        unknown = sorted(set(self.training) - set(TRAINING_FIELDS))
-        if unknown:
-            raise ValueError(f"training settings {unknown} cannot be set; use {TRAINING_FIELDS}")
-        AANetConfig(**self.training)  # checks the values
+        config_from_options(dict(self.training))  # checks names and values
         st = self.store_tokens
         if isinstance(st, bool) or not isinstance(st, int) or st < 0:
             raise ValueError(f"--store-tokens must be an int >= 0 (0: the whole split), got {st!r}")
@@ -223,9 +219,14 @@ class _Run:
         self.rows, self.clusters, selection_info = self._select(selection)
         self.seconds["selection"] = time.perf_counter() - start
         self.sae, self.sae_id = self._sae(sae_path)
+        if models_dir is not None and not config.skip_training:
+            raise ValueError(
+                "--stage1-models-dir is read only with --skip-training (MODE 2: reuse Stage 1's "
+                "models); add --skip-training, or drop --stage1-models-dir to retrain"
+            )
         self.models_dir = Path(models_dir) if models_dir is not None else self.csv_dir
         models_sha = self._check_stage1_models() if config.skip_training else None
-        self.aanet = dataclasses.replace(self.s1.aanet, **config.training)
+        self.aanet = config_from_options(dict(config.training), self.s1.aanet)
         self.settings = {
             "n_clusters": list(config.n_clusters),
             "rows": [{c: r[c] for c in SELECTION_COLUMNS} for r in self.rows],

@@ -96,18 +96,15 @@ def stage1(
     force: bool = typer.Option(False, "--force", help="Replace a run with other settings."),
 ) -> None:
     """Train an AANet for every (cluster, k) of every n_clusters; CSV, curves, models, plots."""
-    from featgeo.archetypes.config import AANetConfig
+    from featgeo.archetypes.config import config_from_options
     from featgeo.archetypes.criteria import DEFAULT_CRITERION
     from featgeo.archetypes.stage1 import Stage1Config, run_stage1
     from featgeo.latents.run import parse_n_clusters
 
-    aanet = AANetConfig(
-        lr=lr,
-        max_steps=max_steps,
-        early_stop_patience=early_stop_patience,
-        smoothing_window=loss_smoothing_window,
-        seed=seed,
-    )
+    aanet = config_from_options(
+        {"lr": lr, "max_steps": max_steps, "early_stop_patience": early_stop_patience,
+         "smoothing_window": loss_smoothing_window, "seed": seed}
+    )  # fmt: skip
     config = Stage1Config(
         n_clusters=tuple(parse_n_clusters(n_clusters)),
         clustering=clustering,
