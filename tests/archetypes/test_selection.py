@@ -439,6 +439,41 @@ def test_a_criterion_without_its_inputs_is_refused(main_dir):
         select_clusters(main_dir, [512], criteria(refit_k="knee_extra_vertex", **MAIN_CRITERIA))
 
 
+def test_refit_k_by_a_criterion_that_reads_inside_fractions(tmp_path):
+    # knee_extra_vertex (docs/archetypes.md "Choosing k"): recon 2.0, 0.5, 0.45, 0.4 over
+    # k = 2..5 has range 1.6; the first k within 10% of it above the floor (0.4 + 0.16 = 0.56)
+    # is 3. Inside fractions 1, 1, 0.95, 0.2: k + 1 = 4 keeps 0.95 >= 0.9 inside, so k = 4;
+    # 5 keeps 0.2, so it stops there.
+    inside = {2: "1.0", 3: "1.0", 4: "0.95", 5: "0.2"}
+    rows = stage1_rows(16, [cluster(2, 0.5, 0.5, 3, 3, recon_curve=(2.0, 0.5, 0.45, 0.4))])
+    for row in rows:
+        row["inside_fraction"] = inside[int(row["aanet_k"])]
+    write_rows(tmp_path / "clusters_16" / "consolidated_metrics_n16.csv", rows,
+               [*SEED_COLUMNS, "inside_fraction"])  # fmt: skip
+    found = select_clusters(tmp_path, [16], criteria(manual=((16, 2),),
+                                                     refit_k="knee_extra_vertex"))  # fmt: skip
+    assert summary(found) == [(2, "M", "M", 4)]
+
+
+# -- strict thresholds ----------------------------------------------------------------------------
+# Six passing clusters whose strengths have means of exactly 0.5 (binary fractions): cluster 1
+# has the recon strength mu, cluster 2 the archetypal strength mu; both need strictly more.
+EDGE = [(0.25, 0.25), (0.5, 0.75), (0.75, 0.5), (0.5, 0.5), (0.75, 0.75), (0.25, 0.25)]
+
+
+def test_category_a_needs_both_strengths_strictly_above_the_threshold(tmp_path):
+    # sigma_a = 0: the A threshold is mu itself; k_differential 1 keeps D out, sigma_bc 10 B/C
+    write_stage1(tmp_path, 8, [cluster(i, r, a, 3, 4) for i, (r, a) in enumerate(EDGE)])
+    assert summary(select_clusters(tmp_path, [8], criteria(sigma_a=0, sigma_bc=10))) == [
+        (4, "A", "A", 4)]  # fmt: skip
+
+
+def test_category_d_needs_both_strengths_strictly_above_mu(tmp_path):
+    write_stage1(tmp_path, 8, [cluster(i, r, a, 3, 3) for i, (r, a) in enumerate(EDGE)])
+    assert summary(select_clusters(tmp_path, [8], criteria(sigma_a=10, sigma_bc=10))) == [
+        (4, "D", "D", 3)]  # fmt: skip
+
+
 # -- the manual list ------------------------------------------------------------------------------
 def test_parse_manual():
     assert parse_manual("3,5", [512]) == ((512, 3), (512, 5))
@@ -743,6 +778,7 @@ def test_read_selection_errors(tmp_path):
     path = selection_file(tmp_path, [{}, {"category": "D"}])
     with pytest.raises(ValueError, match="lists a cluster twice"):
         read_selection(path, [512])
+    assert read_selection(selection_file(tmp_path, [{"refit_k": "2"}]), [512])[0]["refit_k"] == 2
     path = selection_file(tmp_path, [{}])
     with pytest.raises(NoClustersSelected, match=r"no row for n_clusters \[768\]"):
         read_selection(path, [768])

@@ -57,6 +57,7 @@ REQUIRED_COLUMNS = (
     "n_latents",
     "latent_indices",
     "aanet_k",
+    "aanet_status",
     "aanet_recon_loss",
     "aanet_archetypal_loss",
     "aanet_recon_loss_elbow_k",
@@ -260,7 +261,7 @@ def read_stage1_csv(path: str | Path, n: int) -> list[Stage1Cluster]:
         if k in cluster.ks:
             raise ValueError(f"{path} line {line} repeats cluster {cid} k={k}; rerun Stage 1")
         cluster.ks.append(k)
-        ok = row.get("aanet_status", "ok") == "ok"
+        ok = row["aanet_status"] == "ok"
         cluster.recon.append(cell_number(row["aanet_recon_loss"]) if ok else math.nan)
         cluster.archetypal.append(cell_number(row["aanet_archetypal_loss"]) if ok else math.nan)
         cluster.inside.append(cell_number(row.get("inside_fraction")))
@@ -448,10 +449,10 @@ def _categories(c: Stage1Cluster, recon_t, arch_t, criteria) -> list[str]:
 
 
 def _strength_sum(c: Stage1Cluster) -> float:
-    total = cell_number(c.cells["aanet_recon_loss_elbow_strength"]) + cell_number(
+    # only clusters that pass the filters are ranked, and their strengths are finite
+    return cell_number(c.cells["aanet_recon_loss_elbow_strength"]) + cell_number(
         c.cells["aanet_archetypal_loss_elbow_strength"]
     )
-    return total if math.isfinite(total) else -math.inf
 
 
 def refit_k(c: Stage1Cluster, rule: str) -> int | None:
