@@ -548,6 +548,31 @@ def test_inactive_tokens_are_never_triggers(tmp_path):
     assert abs(records["3:0"][0].triggers[0]["distance"] - centre) < 1e-4
 
 
+def test_a_block_without_codes_of_one_model_or_group_does_not_hide_the_next(tmp_path):
+    """Per block, a group of models (latent -> model map) with no code, and a model whose codes
+    are all inactive, are skipped without skipping the groups and models after them."""
+    w_dec = _decoder()
+    first = VertexModel("3:0", [0, 1], w_dec[[0, 1]], make_net(3, w_dec[[0, 1]], False))
+    sibling = VertexModel("3:1", [2, 3], w_dec[[2, 3]], make_net(3, w_dec[[2, 3]], False))
+    other_n = VertexModel("5:2", [1, 5], w_dec[[1, 5]], make_net(3, w_dec[[1, 5]], False))
+    codes = np.zeros((3, D_SAE), np.float32)
+    codes[0, [0, 1]] = 4e-7  # 3:0 inactive; 5:2 sees latent 1 at 4e-7: inactive too
+    codes[0, [2, 3]] = vertices(3)[0]  # 3:1 at its vertex 0
+    assert vertices(3)[2][0] == 0  # vertex 2 needs no code on latent 1 (3:0's latent)
+    codes[1, 5] = vertices(3)[2][1]  # only the other group's 5:2 has a code: at vertex 2
+    codes[2, [2, 3]] = vertices(3)[1]  # 3:1 at vertex 1
+    doc, chunk, pos = layout([[1], [1], [1]])  # one token per chunk: one block per row
+    store = make_store(tmp_path / "s", codes, doc, chunk, pos, 70 + np.arange(3))
+    settings = VertexSettings(threshold=0.1, block_tokens=1)
+    _, together, _ = run(store, [first, sibling, other_n], settings)
+    for model in (first, sibling, other_n):
+        _, alone, _ = run(store, [model], settings)
+        assert together[model.key] == alone[model.key], model.key
+    assert [(r.vertex, r.first_row) for r in together["3:1"]] == [(0, 0), (1, 2)]
+    assert [(r.vertex, r.first_row) for r in together["5:2"]] == [(2, 1)]
+    assert together["3:0"] == []
+
+
 # quota -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("block_tokens", [1, 11])
 def test_quota_keeps_the_earliest_chunks_and_counts_on(data, block_tokens):
@@ -842,6 +867,7 @@ def test_good_settings():
     settings = VertexSettings(samples_per_vertex=np.int64(3), max_tokens=np.int32(5),
                               skip_docs=np.int64(0), block_tokens=1)  # fmt: skip
     assert settings.max_tokens == 5
+    assert VertexSettings(max_tokens=1, samples_per_vertex=1).max_tokens == 1
     default = VertexSettings()
     assert default.threshold == 0.1 and default.samples_per_vertex == 1000
     assert default.max_tokens is None and default.skip_docs == 0

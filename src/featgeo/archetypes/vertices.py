@@ -217,7 +217,7 @@ def _next_boundary(store, row: int, forward: bool) -> int:
     n = store.n_tokens
     if row <= 0 or row >= n:
         return min(max(row, 0), n)
-    ctx = int(store.header.get("context_size", 0)) or 4096
+    ctx = int(store.header["context_size"])  # a chunk has at most this many rows
     if forward:
         window = _chunk_ids(store, row - 1, min(n, row + ctx))
         change = np.flatnonzero(window[1:] != window[0])
