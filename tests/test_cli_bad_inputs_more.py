@@ -303,3 +303,45 @@ def test_a_truncated_store_array_is_one_error(tmp_path):
     os.remove(tmp_path / "acts.npy")
     with pytest.raises(ValueError, match="delete"):
         open_arrays(tmp_path, ["acts"], "activation cache")
+
+
+# -- usage errors of the featgeo executable ----------------------------------------------------
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["aanet", "stage3", "--csv-dir", "x", "--samples-per-vertex", "abc"],
+         "Invalid value for '--samples-per-vertex'"),
+        (["aanet", "select", "--bogus"], "No such option: --bogus"),
+        (["prune", "--nope"], "No such option: --nope"),
+        (["aanet", "select"], "Missing option '--csv-dir'"),
+        (["nosuchcommand"], "No such command 'nosuchcommand'"),
+        (["aanet"], "Missing command"),
+    ],
+)  # fmt: skip
+def test_usage_errors_of_the_executable_are_one_line(args, fragment, tmp_path):
+    """Unknown options and values of the wrong type, checked by the command-line parser
+    before any command runs, are one line naming the command's --help, like other bad input."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "featgeo", *args], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("featgeo: error:"), run.stderr
+    assert fragment in lines[0] and "--help" in lines[0], lines[0]
+    assert run.stdout == ""
+
+
+def test_version_and_help_of_the_executable(tmp_path):
+    import subprocess
+    import sys
+
+    from featgeo import __version__
+
+    run = subprocess.run([sys.executable, "-m", "featgeo", "--version"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip() == f"featgeo {__version__}", run.stderr
+    run = subprocess.run([sys.executable, "-m", "featgeo", "aanet", "stage3", "--help"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert run.returncode == 0 and "Usage: featgeo aanet stage3" in run.stdout

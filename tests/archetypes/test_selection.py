@@ -677,13 +677,57 @@ def test_read_stage1_csv_names_a_malformed_line(tmp_path, column, value, line):
         read_stage1_csv(path, 32)
 
 
+@pytest.mark.parametrize(
+    "column,value,reason",
+    [("aanet_recon_loss_elbow_strength", "abc", "is not a finite number"),
+     ("aanet_archetypal_loss_elbow_strength", "inf", "is not a finite number"),
+     ("recon_pct_decrease", "nan", "is not a finite number"),
+     ("aanet_recon_loss_elbow_k", "3.5", "is not an integer"),
+     ("k_differential", "x", "is not a finite number"),
+     ("recon_is_monotonic", "yes", "is not True or False"),
+     ("arch_is_monotonic", "", "is not True or False")],
+)  # fmt: skip
+def test_read_stage1_csv_refuses_cells_that_do_not_parse(tmp_path, column, value, reason):
+    rows = stage1_rows(32, MAIN[:3])
+    for row in rows[4:8]:  # every row of cluster 1: a consistent but unreadable cell
+        row[column] = value
+    path = write_rows(tmp_path / "x.csv", rows)
+    with pytest.raises(ValueError, match=f"line 6 is malformed .*{column} .*{reason}"):
+        read_stage1_csv(path, 32)
+
+
+def test_read_stage1_csv_refuses_inconsistent_or_truncated_files(tmp_path):
+    rows = stage1_rows(32, MAIN[:3])
+    rows[5]["aanet_recon_loss_elbow_strength"] = "0.99"  # cluster 1's second row disagrees
+    with pytest.raises(ValueError, match="line 7 is malformed .*elbow_strength differs"):
+        read_stage1_csv(write_rows(tmp_path / "a.csv", rows), 32)
+    text = write_rows(tmp_path / "b.csv", stage1_rows(32, MAIN[:3])).read_text()
+    (tmp_path / "b.csv").write_text(text[: len(text) - 60])  # the last line cut short
+    with pytest.raises(ValueError, match="line 13 is malformed .*wrong number of fields"):
+        read_stage1_csv(tmp_path / "b.csv", 32)
+    lines = text.splitlines()
+    (tmp_path / "c.csv").write_text("\n".join([lines[0], lines[1] + ",extra", *lines[2:]]))
+    with pytest.raises(ValueError, match="line 2 is malformed .*wrong number of fields"):
+        read_stage1_csv(tmp_path / "c.csv", 32)
+    rows = [
+        r for r in stage1_rows(32, MAIN[:3]) if not (r["cluster_id"] == "2" and r["aanet_k"] == "4")
+    ]
+    with pytest.raises(ValueError, match="cluster 2 has models for k = \\[2, 3, 5\\]"):
+        read_stage1_csv(write_rows(tmp_path / "d.csv", rows), 32)
+    rows = stage1_rows(32, MAIN[:3])
+    for row in rows[4:8]:
+        row["aanet_archetypal_loss_elbow_k"] = "9"
+    with pytest.raises(ValueError, match="cluster 1 has models .* and elbows \\[3.0, 9.0\\]"):
+        read_stage1_csv(write_rows(tmp_path / "e.csv", rows), 32)
+
+
 def test_read_stage1_csv_other_bad_files(tmp_path):
     path = write_rows(tmp_path / "a.csv", stage1_rows(32, MAIN[:3], n_total=64))
     with pytest.raises(ValueError, match="line 2 is malformed .*n_clusters_total 64 is not 32"):
         read_stage1_csv(path, 32)
     rows = stage1_rows(32, MAIN[:3])
     path = write_rows(tmp_path / "b.csv", rows + [dict(rows[5])])  # cluster 1, k = 5 again
-    with pytest.raises(ValueError, match="line 14 repeats cluster 1 k=5"):
+    with pytest.raises(ValueError, match=r"line 14 is malformed \(cluster 1 k=5 is repeated\)"):
         read_stage1_csv(path, 32)
     path = write_rows(tmp_path / "c.csv", [])
     with pytest.raises(ValueError, match="has no rows"):

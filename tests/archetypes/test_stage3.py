@@ -221,6 +221,18 @@ def test_mode1_retrains_at_the_refit_k(mode1):
         assert curves["steps"] == net.n_steps_
 
 
+def test_mode1_files_do_not_depend_on_the_process_that_trained(mode1, stage1, tmp_path):
+    """Two worker processes write the same bytes as this process (models, curves, samples)."""
+    out = tmp_path / "two-workers"
+    args = s3_args(stage1, out)
+    args[args.index("--workers") + 1] = "2"
+    invoke_ok(args)
+    first, _ = mode1
+    for row in selected(first):
+        for suffix in (".pt", "_curves.json", "_vertex_samples.jsonl"):
+            assert output(out, row, suffix).read_bytes() == output(first, row, suffix).read_bytes()
+
+
 # -- vertex records, recomputed from the store ---------------------------------------------------
 class Oracle:
     """Distances of every active token of the vertex store to every vertex, recomputed with
@@ -592,6 +604,18 @@ def wrong_k_model(stage1, tmp_path):
     return ["--csv-dir", str(copy), "--skip-training"], [f"{refit} holds a k={other} model"]
 
 
+def other_cluster_model(stage1, tmp_path):
+    """Another cluster's model at the same k, its record of latents removed (as in files that
+    predate it): the basis does not span the cluster's decoder rows."""
+    copy = copy_stage1(stage1, tmp_path)
+    refit = manual_model(copy, stage1)
+    other = refit.with_name(refit.name.replace("aanet_cluster_1_", "aanet_cluster_2_"))
+    data = torch.load(other, weights_only=True)
+    data["config"]["extra"] = {}
+    torch.save(data, refit)
+    return ["--csv-dir", str(copy), "--skip-training"], [f"{refit} was trained on other latents"]
+
+
 def other_sae(stage1, tmp_path):
     cfg = SAEConfig(d_in=64, d_sae=48, architecture="topk", k=6,
                     hook_name="blocks.1.hook_resid_post")  # fmt: skip
@@ -622,16 +646,22 @@ BAD = {
     ),  # fmt: skip
     "no-elbow-columns": no_elbow_columns,
     "wrong-k-model": wrong_k_model,
+    "other-cluster-model": other_cluster_model,
     "other-sae": other_sae,
     "samples-0": simple(["--samples-per-vertex", "0"], "--samples-per-vertex must be an int >= 1"),
     "threshold-0": simple(["--vertex-threshold", "0"], "--vertex-threshold must lie in (0, sqrt"),
     "threshold-1.5": simple(["--vertex-threshold", "1.5"], "--vertex-threshold must lie in"),
     "max-tokens-neg": simple(["--max-tokens", "-1"], "--max-tokens must be >= 0"),
+    "max-tokens-below-a-chunk": simple(["--max-tokens", "3"], "--max-tokens 3 is shorter than "
+                                       "the first chunk"),
+    "skip-every-document": simple(["--vertex_skip_docs", "300000"], "--vertex-skip-docs 300000 "
+                                  "leaves nothing to scan"),
     "manual-missing": simple(["--manual", "6:99"], "--manual 6:99", "has no cluster 99"),
     "split-unknown": simple(["--split", "nosuch"], "'nosuch' is not a corpus split"),
     "store-tokens-neg": simple(["--store-tokens", "-5"], "--store-tokens must be an int >= 0"),
-    "selection-missing": lambda stage1, tmp_path: (
-        ["--selection", str(tmp_path / "nope.csv")], ["does not exist"]),
+    "selection-with-selection-options": lambda stage1, tmp_path: (
+        ["--selection", str(tmp_path / "nope.csv")], ["--selection replaces the selection "
+                                                      "options"]),
 }  # fmt: skip
 
 
@@ -648,8 +678,20 @@ def test_bad_input_is_one_line_and_writes_nothing(case, stage1, tmp_path):
     assert not save.exists()
 
 
+def test_a_missing_selection_table_is_one_line_and_writes_nothing(stage1, tmp_path):
+    save = tmp_path / "out"
+    args = s3_args(stage1, save, "--selection", str(tmp_path / "nope.csv"), "--skip-training",
+                   select=["--n-clusters-list", "4,6"])  # fmt: skip
+    one_line_error(runner.invoke(app, args), "does not exist")
+    assert not save.exists()
+
+
 def test_bad_input_in_mode1_writes_nothing_either(stage1, tmp_path):
     save = tmp_path / "out"
+    clusters_4 = stage1 / "clusters_4"  # the CSV is found there, but not Stage 1's settings
+    one_line_error(runner.invoke(app, s3_args(clusters_4, save, select=["--n-clusters-list", "4",
+                                 "--manual", "1"])),
+                   f"has no stage1.json (there is one in '{stage1.resolve()}')")  # fmt: skip
     one_line_error(runner.invoke(app, s3_args(stage1, save, "--split", "sae_train")), "--split")
     one_line_error(runner.invoke(app, s3_args(stage1, save, "--max-steps", "0")),
                    "--max-steps must be a positive int")  # fmt: skip
@@ -667,3 +709,20 @@ def test_select_errors_are_one_line_and_write_no_table(stage1, tmp_path):
     one_line_error(runner.invoke(app, [*base, "--n-clusters-list", "4", "--manual", "9"]),
                    "has no cluster 9")  # fmt: skip
     assert not table.exists()
+
+
+def test_select_replaces_only_an_earlier_selection_table(stage1, tmp_path):
+    copy = copy_stage1(stage1, tmp_path)
+    stage1_csv = copy / "clusters_4" / "consolidated_metrics_n4.csv"
+    before = stage1_csv.read_bytes()
+    base = ["aanet", "select", "--csv-dir", str(copy), *SELECT]
+    one_line_error(runner.invoke(app, [*base, "--out", str(stage1_csv)]),
+                   "exists and is not a selection table")  # fmt: skip
+    assert stage1_csv.read_bytes() == before
+    table = tmp_path / "picked.csv"
+    invoke_ok([*base, "--out", str(table)])
+    first = table.read_bytes()
+    invoke_ok([*base[:-2], "--refit-k", "arch", "--out", str(table)])  # a new table replaces it
+    assert table.read_bytes() != first and table.read_text().startswith("n_clusters,cluster_id")
+    one_line_error(runner.invoke(app, [*base, "--min-latents", "-1", "--out", str(table)]),
+                   "--min-latents must be an int >= 0")  # fmt: skip

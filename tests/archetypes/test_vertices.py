@@ -709,6 +709,20 @@ def test_skip_docs(data, skip):
     assert state.clusters["3:0"].active_tokens == int(data.active["3:0"][start:].sum())
 
 
+def test_check_scan_refuses_settings_that_scan_nothing(data):
+    from featgeo.archetypes.vertices import check_scan
+
+    n_docs = int(data.doc.max()) + 1
+    first_chunk = data.bounds[0][1] - data.bounds[0][0]
+    check_scan(data.store, VertexSettings(skip_docs=n_docs - 1))
+    check_scan(data.store, VertexSettings(max_tokens=first_chunk))
+    with pytest.raises(ValueError, match=f"--vertex-skip-docs {n_docs} leaves nothing to scan: "
+                       f"the store holds {n_docs} documents"):  # fmt: skip
+        check_scan(data.store, VertexSettings(skip_docs=n_docs))
+    with pytest.raises(ValueError, match=f"shorter than the first chunk \\({first_chunk} tokens"):
+        check_scan(data.store, VertexSettings(max_tokens=first_chunk - 1))
+
+
 def test_skipping_every_document_scans_nothing(data):
     settings = VertexSettings(skip_docs=8)
     state, records, yields = run(data.store, all_models(data), settings)

@@ -212,21 +212,29 @@ class AANet:
     # saving ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Tensors and JSON values only, so ``torch.load(weights_only=True)`` reads it back."""
+        import json
+
         self._check_fitted()
-        return {
+        # The JSON part goes through one json round trip: pickle writes a string again or
+        # refers back to it depending on object identity, which depends on the process that
+        # made the model; fresh objects make the file's bytes a function of its values.
+        values = json.loads(json.dumps({
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "k": int(self.k),
-            "n_features_in": self.n_features_in_,
+            "n_features_in": int(self.n_features_in_),
             "space": self.space,
             "config": self.config_.to_dict(),
+            "stop_reason": self.stop_reason_,
+            "final_losses": {k: float(v) for k, v in self.final_losses_.items()},
+        }))  # fmt: skip
+        tensors = {
             "params": [p.clone() for p in self.params_],
             "basis": None if self.basis_ is None else torch.from_numpy(self.basis_.copy()),
             "extrema": torch.from_numpy(self.extrema_.copy()),
             "loss_curve": torch.from_numpy(self.loss_curve_.copy()),
-            "stop_reason": self.stop_reason_,
-            "final_losses": dict(self.final_losses_),
         }
+        return {**values, **tensors}
 
     def save(self, path: str | os.PathLike) -> Path:
         from featgeo.files import save_torch_dict

@@ -246,20 +246,17 @@ def read_stage1_csv(path: str | Path, n: int) -> list[Stage1Cluster]:
     clusters: dict[int, Stage1Cluster] = {}
     for line, row in enumerate(rows, start=2):
         try:
-            cid, k = int(row["cluster_id"]), int(row["aanet_k"])
-            total = row.get("n_clusters_total")
-            if total not in (None, "") and int(total) != n:
-                raise ValueError(f"n_clusters_total {total} is not {n}")
-            latents = [int(v) for v in row["latent_indices"].split()]
-            if int(row["n_latents"]) != len(latents):
-                raise ValueError(f"n_latents {row['n_latents']} but {len(latents)} latent_indices")
+            cid, k = _check_row(row, n)
+            cluster = clusters.setdefault(cid, Stage1Cluster(n, cid, dict(row), [], [], [], []))
+            changed = [c for c in _CLUSTER_CELLS if row[c] != cluster.cells[c]]
+            if changed:
+                raise ValueError(f"cluster {cid}'s {changed[0]} differs from its first row")
+            if k in cluster.ks:
+                raise ValueError(f"cluster {cid} k={k} is repeated")
         except (ValueError, TypeError, AttributeError) as exc:
             raise ValueError(
                 f"{path} line {line} is malformed ({exc}); rerun Stage 1 for n_clusters={n}"
             ) from None
-        cluster = clusters.setdefault(cid, Stage1Cluster(n, cid, dict(row), [], [], [], []))
-        if k in cluster.ks:
-            raise ValueError(f"{path} line {line} repeats cluster {cid} k={k}; rerun Stage 1")
         cluster.ks.append(k)
         ok = row["aanet_status"] == "ok"
         cluster.recon.append(cell_number(row["aanet_recon_loss"]) if ok else math.nan)
@@ -269,7 +266,51 @@ def read_stage1_csv(path: str | Path, n: int) -> list[Stage1Cluster]:
         order = np.argsort(cluster.ks)
         for name in ("ks", "recon", "archetypal", "inside"):
             setattr(cluster, name, [getattr(cluster, name)[i] for i in order])
+    ks = clusters[min(clusters)].ks
+    for cluster in clusters.values():
+        elbows = [cell_number(cluster.cells[c]) for c in _ELBOW_K_CELLS]
+        if cluster.ks != ks or any(math.isfinite(e) and int(e) not in ks for e in elbows):
+            raise ValueError(
+                f"{path} is malformed: cluster {cluster.cluster_id} has models for k = "
+                f"{cluster.ks} and elbows {elbows}, the first cluster k = {ks}; rerun Stage 1"
+            )
     return [clusters[c] for c in sorted(clusters)]
+
+
+_CLUSTER_CELLS = [c for c in REQUIRED_COLUMNS
+                  if c not in ("aanet_k", "aanet_status", "aanet_recon_loss",
+                               "aanet_archetypal_loss")]  # fmt: skip
+"""The cluster-level cells selection reads; they repeat on each of a cluster's rows."""
+_ELBOW_K_CELLS = ("aanet_recon_loss_elbow_k", "aanet_archetypal_loss_elbow_k")
+_NUMBER_CELLS = ("aanet_recon_loss", "aanet_archetypal_loss", "aanet_recon_loss_elbow_strength",
+                 "aanet_archetypal_loss_elbow_strength", "recon_pct_decrease",
+                 "arch_pct_decrease")  # fmt: skip
+_INT_CELLS = (*_ELBOW_K_CELLS, "k_differential")
+_FLAG_CELLS = ("recon_is_monotonic", "arch_is_monotonic")
+
+
+def _check_row(row: dict[str, str | None], n: int) -> tuple[int, int]:
+    """(cluster id, k) of one Stage 1 CSV row whose cells all parse; ValueError naming the
+    first cell that does not (a missing cell, text in a number, a non-integer k, ...)."""
+    if None in row or any(v is None for v in row.values()):
+        raise ValueError("wrong number of fields (a truncated or edited line?)")
+    cid, k = int(row["cluster_id"]), int(row["aanet_k"])
+    total = row.get("n_clusters_total")
+    if total not in (None, "") and int(total) != n:
+        raise ValueError(f"n_clusters_total {total} is not {n}")
+    latents = [int(v) for v in row["latent_indices"].split()]
+    if int(row["n_latents"]) != len(latents):
+        raise ValueError(f"n_latents {row['n_latents']} but {len(latents)} latent_indices")
+    for column in (*_NUMBER_CELLS, *_INT_CELLS):  # empty: undefined (an untrained model)
+        cell = row[column].strip()
+        if cell and not math.isfinite(cell_number(cell)):
+            raise ValueError(f"{column} {cell!r} is not a finite number")
+        if cell and column in _INT_CELLS and cell_number(cell) != int(cell_number(cell)):
+            raise ValueError(f"{column} {cell!r} is not an integer")
+    for column in _FLAG_CELLS:
+        if row[column].strip() not in ("True", "False"):
+            raise ValueError(f"{column} {row[column]!r} is not True or False")
+    return cid, k
 
 
 def _read_csv(path: Path, required: Sequence[str], name: str, fix: str) -> list[dict[str, str]]:
@@ -533,6 +574,26 @@ def selection_cells(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     return [{c: csv_cell(row.get(c)) for c in SELECTION_COLUMNS} for row in rows]
 
 
+def check_selection_out(path: str | Path | None) -> None:
+    """Refuse, before any work, an ``--out`` that cannot be written or that holds something
+    other than an earlier selection table (a Stage 1 CSV, say): only tables are replaced."""
+    from featgeo.files import check_output_file, check_writable_dir
+
+    if path is None:
+        return
+    path = Path(path)
+    check_output_file(path, "--out")
+    check_writable_dir(path.parent, "--out")
+    if path.exists():
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            header = fh.readline().strip()
+        if header != ",".join(SELECTION_COLUMNS):
+            raise FileExistsError(
+                f"--out '{path}' exists and is not a selection table of `featgeo aanet select`; "
+                "pass a new file path"
+            )
+
+
 def read_selection(path: str | Path, n_clusters: Sequence[int]) -> list[dict[str, Any]]:
     """Rows of a selection CSV written by ``featgeo aanet select --out`` for ``n_clusters``.
 
@@ -608,6 +669,7 @@ __all__ = [
     "Selection",
     "SelectionCriteria",
     "Stage1Cluster",
+    "check_selection_out",
     "find_csv",
     "parse_manual",
     "read_selection",

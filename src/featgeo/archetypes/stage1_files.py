@@ -93,7 +93,7 @@ def check_settings(save_dir: Path, previous: dict | None, settings: dict) -> Non
     old = previous["settings"]
     if json.loads(dumps_strict(old)) == json.loads(dumps_strict(settings)):
         return
-    diff = _differences(old, settings)
+    diff = differences(old, settings)
     shown = "; ".join(diff[:4]) + ("; ..." if len(diff) > 4 else "")
     raise FileExistsError(
         f"--save-dir '{save_dir}' holds a Stage 1 run with other settings ({shown}); pass "
@@ -101,12 +101,13 @@ def check_settings(save_dir: Path, previous: dict | None, settings: dict) -> Non
     )
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key old -> new`` for every leaf that differs between two settings dicts."""
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
+            out += differences(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key} {a!r} -> {b!r}")
     return out
@@ -203,6 +204,7 @@ __all__ = [
     "UNITS_DIR",
     "check_save_dir",
     "check_settings",
+    "differences",
     "csv_name",
     "read_record",
     "read_unit",

@@ -52,6 +52,7 @@ from featgeo.archetypes.selection import (
     selection_cells,
 )
 from featgeo.archetypes.stage1 import store_info, versions
+from featgeo.archetypes.stage1_files import differences
 from featgeo.archetypes.stage3_files import (
     SELECTION_FILE,
     STAGE3_FILE,
@@ -70,7 +71,13 @@ from featgeo.archetypes.stage3_files import (
     start_work,
     stem,
 )
-from featgeo.archetypes.vertices import ScanState, VertexModel, VertexSettings, scan_vertices
+from featgeo.archetypes.vertices import (
+    ScanState,
+    VertexModel,
+    VertexSettings,
+    check_scan,
+    scan_vertices,
+)
 from featgeo.files import (
     append_jsonl,
     copy_file,
@@ -179,6 +186,11 @@ def run_stage3(
         raise FileNotFoundError(
             f"--csv-dir '{csv_dir}' is not a folder; pass the --save-dir of `featgeo aanet stage1`"
         )
+    if selection is not None and config.criteria != SelectionCriteria():
+        raise ValueError(
+            "--selection replaces the selection options (the filters, --sigma-a, --sigma-bc, "
+            "--manual, --refit-k); drop them, or drop --selection to select here"
+        )
     check_save_dir(save_dir, config.n_clusters)
     with exclusive_dir(save_dir, "--save-dir"):
         run = _Run(csv_dir, save_dir, config, device, workers, progress)
@@ -204,6 +216,16 @@ class _Run:
         config = self.config
         start = time.perf_counter()
         self.stage1 = read_stage1_record(self.csv_dir)
+        self.rows, self.clusters, selection_info = self._select(selection)
+        self.seconds["selection"] = time.perf_counter() - start
+        if self.stage1 is None and not config.skip_training:
+            above = self.csv_dir.resolve().parent / "stage1.json"
+            hint = f" (there is one in '{above.parent}')" if above.is_file() else ""
+            raise ValueError(
+                f"--csv-dir '{self.csv_dir}' has no stage1.json{hint}, and MODE 1 retrains with "
+                "Stage 1's settings from it; point --csv-dir at Stage 1's --save-dir, or pass "
+                "--skip-training"
+            )
         self.s1 = _stage1_config(self.stage1)
         if config.collect_vertex_samples and config.split == self.s1.split:
             raise ValueError(
@@ -216,9 +238,13 @@ class _Run:
                 f"(Stage 1's --split {self.s1.split}); vertex samples must come from held-out "
                 "text: use --split vertex, or --no-collect-vertex-samples"
             )
-        self.rows, self.clusters, selection_info = self._select(selection)
-        self.seconds["selection"] = time.perf_counter() - start
         self.sae, self.sae_id = self._sae(sae_path)
+        if self.stage1 is None:  # MODE 2 on CSVs without Stage 1's record: say what is assumed
+            log.warning(
+                "--csv-dir '%s' has no stage1.json: the vertex store uses featgeo's defaults "
+                "for the model, corpus and context size",
+                self.csv_dir,
+            )
         if models_dir is not None and not config.skip_training:
             raise ValueError(
                 "--stage1-models-dir is read only with --skip-training (MODE 2: reuse Stage 1's "
@@ -243,10 +269,11 @@ class _Run:
         previous = read_previous(self.save_dir, force)
         if previous is not None:
             if not same(previous["settings"], self.settings):
+                changed = differences(previous["settings"], self.settings)
+                shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
                 raise FileExistsError(
                     f"--save-dir '{self.save_dir}' holds a Stage 3 run with other settings "
-                    "(selection, mode or vertex options); pass --force to replace it or use "
-                    "another --save-dir"
+                    f"({shown[:300]}); pass --force to replace it or use another --save-dir"
                 )
             if previous.get("status") == "complete" and self._outputs_exist():
                 return Stage3Result(
@@ -254,6 +281,10 @@ class _Run:
                 )
         if config.collect_vertex_samples:  # a bad or empty split fails before any write
             self.text = self._chunk_text()
+            start = time.perf_counter()  # built once, then reused from the featgeo cache
+            self.store = self._vertex_store()
+            self.seconds["vertex_store"] = time.perf_counter() - start
+            check_scan(self.store, config.vertex)
         if force:
             remove_run(self.save_dir)
         self.info = {
@@ -345,6 +376,7 @@ class _Run:
 
     def _check_stage1_models(self) -> dict[str, str]:
         """MODE 2: every selected model exists, loads, and is the model of its row."""
+        w_dec = self.sae.W_dec.detach().double().cpu().numpy()
         out = {}
         for row in self.rows:
             n, cid, k = row["n_clusters"], row["cluster_id"], row["refit_k"]
@@ -364,19 +396,20 @@ class _Run:
                     f"{k}; the models are not those of this Stage 1 run: point "
                     "--stage1-models-dir at the right one or drop --skip-training"
                 )
+            if net.n_features_in_ != self.sae.cfg.d_in:
+                raise ValueError(
+                    f"{path} takes {net.n_features_in_} features but the SAE has d_in="
+                    f"{self.sae.cfg.d_in}; pass the SAE of this Stage 1 run with --sae"
+                )
             if (
                 extra.get("cluster_id", cid) != cid
                 or extra.get("latent_indices", latents) != latents
+                or not _spans_latents(net, w_dec[latents])
             ):
                 raise ValueError(
                     f"{path} was trained on other latents than cluster {cid} of "
                     f"{csv_name(n)}; point --stage1-models-dir at the Stage 1 run of --csv-dir "
                     "or drop --skip-training"
-                )
-            if net.n_features_in_ != self.sae.cfg.d_in:
-                raise ValueError(
-                    f"{path} takes {net.n_features_in_} features but the SAE has d_in="
-                    f"{self.sae.cfg.d_in}; pass the SAE of this Stage 1 run with --sae"
                 )
             out[f"{n}:{cid}"] = _sha256(path)
         return out
@@ -576,14 +609,17 @@ class _Run:
         return ChunkText(documents, load_tokenizer(model), s1.context_size)
 
     # -- vertex samples -------------------------------------------------------------------------
-    def _collect(self) -> ScanState:
+    def _vertex_store(self):
+        """The SAE's activation store of the held-out split (the model, layer and corpus of
+        Stage 1)."""
         from featgeo.archetypes.stage1 import activation_store
 
-        config, s1 = self.config, self.s1
-        start = time.perf_counter()
-        vertex_cfg = dataclasses.replace(s1, split=config.split, store_tokens=config.store_tokens)
-        self.store = activation_store(self.sae, vertex_cfg, str(self.device))
-        self.seconds["vertex_store"] = time.perf_counter() - start
+        config = self.config
+        vertex = dataclasses.replace(self.s1, split=config.split, store_tokens=config.store_tokens)
+        return activation_store(self.sae, vertex, str(self.device))
+
+    def _collect(self) -> ScanState:
+        config = self.config
         start = time.perf_counter()
         w_dec = self.sae.W_dec.detach().float().cpu().numpy()
         models, files, rows_of = [], {}, {}
@@ -735,6 +771,17 @@ def _typed(cell: str) -> Any:
         except ValueError:
             pass
     return cell
+
+
+def _spans_latents(net: AANet, w_rows: np.ndarray, rtol: float = 1e-3) -> bool:
+    """Whether a subspace AANet's basis spans the decoder rows ``w_rows [n_latents, d_model]``
+    of its cluster (what Stage 1 trained it in); a full-space model cannot tell, and passes.
+    This catches a model of another cluster even in files that record no latents."""
+    if net.basis_ is None:
+        return True
+    basis = net.basis_.astype(np.float64)  # [d_model, r], orthonormal columns
+    residual = w_rows - (w_rows @ basis) @ basis.T
+    return bool(np.linalg.norm(residual) <= rtol * np.linalg.norm(w_rows))
 
 
 def _refit_reason(row) -> str:

@@ -96,7 +96,12 @@ def _read_record(path: Path, what: str, fix: str) -> dict[str, Any] | None:
 
 
 def stage1_model_path(models_dir: Path, n: int, cluster_id: int, k: int) -> Path:
-    return models_dir / f"clusters_{n}" / f"aanet_cluster_{cluster_id}_k{k}.pt"
+    """``{models_dir}/clusters_{n}/aanet_cluster_{cid}_k{k}.pt`` (Stage 1's layout), or the
+    file directly in ``models_dir`` when that is the ``clusters_{n}`` folder itself."""
+    name = f"aanet_cluster_{cluster_id}_k{k}.pt"
+    if models_dir.name == f"clusters_{n}" and not (models_dir / f"clusters_{n}").is_dir():
+        return models_dir / name
+    return models_dir / f"clusters_{n}" / name
 
 
 def read_previous(save_dir: Path, force: bool) -> dict[str, Any] | None:

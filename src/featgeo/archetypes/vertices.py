@@ -294,6 +294,29 @@ def scan_vertices(
         yield state, records
 
 
+def check_scan(store, settings: VertexSettings) -> None:
+    """Refuse settings that leave nothing of ``store`` to scan: ``skip_docs`` beyond its last
+    document, or a token budget shorter than its first chunk (a scan reads whole chunks).
+
+    Raises:
+        ValueError: naming the option and the bound.
+    """
+    first = _first_row(store, settings.skip_docs)
+    if first >= store.n_tokens:
+        n_docs = int(store.doc_index[store.n_tokens - 1]) + 1 if store.n_tokens else 0
+        raise ValueError(
+            f"--vertex-skip-docs {settings.skip_docs} leaves nothing to scan: the store holds "
+            f"{n_docs} documents of its split; lower it (the vertex split shares no document "
+            "with the training split, so nothing needs skipping) or raise --store-tokens"
+        )
+    chunk = _next_boundary(store, first + 1, forward=True) - first
+    if settings.max_tokens is not None and settings.max_tokens < chunk:
+        raise ValueError(
+            f"--max-tokens {settings.max_tokens} is shorter than the first chunk ({chunk} "
+            f"tokens) and scans nothing (chunks are read whole); pass at least {chunk}"
+        )
+
+
 def _first_row(store, skip_docs: int) -> int:
     if skip_docs <= 0:
         return 0
@@ -400,6 +423,7 @@ def _records(block: _Block, rows, dist, progress, settings) -> list[VertexRecord
 
 __all__ = [
     "MAX_THRESHOLD",
+    "check_scan",
     "ClusterProgress",
     "ScanState",
     "VertexModel",

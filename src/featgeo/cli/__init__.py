@@ -56,14 +56,23 @@ def _wrap_commands(typer_app: typer.Typer) -> None:
         _wrap_commands(group.typer_instance)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"featgeo {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        callback=_print_version,
+        is_eager=True,  # before the check that a command was given
+    ),
 ) -> None:
-    if version:
-        console.print(f"featgeo {__version__}")
-        raise typer.Exit()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -96,6 +105,23 @@ _register()
 
 
 def main() -> None:
+    """The ``featgeo`` executable: like click's standalone mode, except that a usage error (an
+    unknown option, a value of the wrong type) is one line, like every other bad input."""
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer's own click
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app(prog_name="featgeo")
-    sys.exit(0)
+    try:
+        code = app(prog_name="featgeo", standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "featgeo"
+        message = " ".join(exc.format_message().split())
+        err_console.print(f"[red]featgeo: error:[/red] {message} (see: {where} --help)",
+                          highlight=False, soft_wrap=True)  # fmt: skip
+        sys.exit(2)
+    except typer.Abort:
+        err_console.print("featgeo: aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

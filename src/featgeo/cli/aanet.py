@@ -213,12 +213,16 @@ def _criteria(
     from featgeo.latents.run import parse_n_clusters
 
     n_values = tuple(parse_n_clusters(n_clusters))
-    filters = QualityFilters(
-        min_latents=min_latents,
-        min_pct_decrease=min_pct,
-        max_k_differential=max_kdiff,
-        require_monotonic=monotonic,
-    )
+    try:
+        filters = QualityFilters(
+            min_latents=min_latents,
+            min_pct_decrease=min_pct,
+            max_k_differential=max_kdiff,
+            require_monotonic=monotonic,
+        )
+    except ValueError as exc:  # name the option, not the field
+        name = str(exc).split()[0]
+        raise ValueError(str(exc).replace(name, "--" + name.replace("_", "-"), 1)) from None
     criteria = SelectionCriteria(
         filters=filters,
         sigma_a=sigma_a,
@@ -244,8 +248,13 @@ def select(
     out: str = _opt(None, "out", help="Write the selected clusters as CSV here."),
 ) -> None:
     """Stage 2: the quality filters and categories A/B/C/D of SPEC §3 on Stage 1's CSVs."""
-    from featgeo.archetypes.selection import SELECTION_COLUMNS, select_clusters, selection_cells
-    from featgeo.files import check_output_file, write_csv
+    from featgeo.archetypes.selection import (
+        SELECTION_COLUMNS,
+        check_selection_out,
+        select_clusters,
+        selection_cells,
+    )
+    from featgeo.files import write_csv
 
     n_values, criteria = _criteria(
         n_clusters_list,
@@ -258,7 +267,7 @@ def select(
         manual,
         refit_k,
     )
-    check_output_file(out, "--out")
+    check_selection_out(out)
     selection = select_clusters(csv_dir, n_values, criteria)
     _print_selection(selection)
     if out:
@@ -267,13 +276,19 @@ def select(
 
 
 def _print_selection(selection) -> None:
+    c = selection.criteria
     for s in selection.per_n:
         removed = ", ".join(f"{name} {count}" for name, count in s.filter_failures.items())
         r, a = s.recon_thresholds, s.arch_thresholds
         console.print(
             f"n={s.n_clusters}: {s.n_clusters_found} clusters, {s.n_passing} pass the filters "
-            f"(failing: {removed}); recon strength mu {r['mu']:.3f} sigma {r['sigma']:.3f}, "
-            f"arch strength mu {a['mu']:.3f} sigma {a['sigma']:.3f}",
+            f"(failing each, a cluster may fail several: {removed}); recon strength mu "
+            f"{r['mu']:.3f} sigma {r['sigma']:.3f}, arch strength mu {a['mu']:.3f} sigma "
+            f"{a['sigma']:.3f}. A: recon > {r['mu'] + c.sigma_a * r['sigma']:.3f} and arch > "
+            f"{a['mu'] + c.sigma_a * a['sigma']:.3f}; B: recon > "
+            f"{r['mu'] + c.sigma_bc * r['sigma']:.3f}; C: arch > "
+            f"{a['mu'] + c.sigma_bc * a['sigma']:.3f}; D: k_differential 0, recon > "
+            f"{r['mu']:.3f} and arch > {a['mu']:.3f}",
             soft_wrap=True,
         )
     table = Table(title=f"{len(selection.rows)} selected clusters")
@@ -337,7 +352,9 @@ def stage3(
     ),
     max_tokens: int = _opt(0, "max-tokens", help="Token budget of the scan (0: the whole store)."),
     vertex_skip_docs: int = _opt(
-        0, "vertex-skip-docs", help="Leave out the split's first this-many documents."
+        0,
+        "vertex-skip-docs",
+        help="Leave out the store's first this-many documents (the vertex split needs none).",
     ),
     split: str = _opt("vertex", "split", help="Held-out corpus split of the vertex samples."),
     store_tokens: int = _opt(
