@@ -316,6 +316,7 @@ def test_a_truncated_store_array_is_one_error(tmp_path):
         (["aanet", "select"], "Missing option '--csv-dir'"),
         (["nosuchcommand"], "No such command 'nosuchcommand'"),
         (["aanet"], "Missing command"),
+        (["aanet", "select", "--bo[/x]gus"], "No such option: --bo[/x]gus"),  # not markup
     ],
 )  # fmt: skip
 def test_usage_errors_of_the_executable_are_one_line(args, fragment, tmp_path):
@@ -345,3 +346,10 @@ def test_version_and_help_of_the_executable(tmp_path):
     run = subprocess.run([sys.executable, "-m", "featgeo", "aanet", "stage3", "--help"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
     assert run.returncode == 0 and "Usage: featgeo aanet stage3" in run.stdout
+
+
+def test_error_messages_are_text_not_markup(tmp_path):
+    """A path with square brackets is printed as typed, and never crashes the printer."""
+    for name in ("nonexist[/red]", "x[bold]y"):
+        line = one_line_error(["aanet", "select", "--csv-dir", str(tmp_path / name)])
+        assert f"'{tmp_path / name}' is not a folder" in line

@@ -15,7 +15,8 @@ from rich.progress import (
 )
 
 # Results (tables) go to stdout; piped into a file they keep a readable width instead of 80.
-console = Console(width=None if sys.stdout.isatty() else 120)
+console = Console(width=None if sys.stdout.isatty() else 120, markup=False)
+"""Results on stdout; text, not markup (paths and corpus text may hold square brackets)."""
 err_console = Console(stderr=True)  # progress, logs and errors go to stderr
 
 

@@ -846,3 +846,42 @@ def test_selection_criteria_checks_its_fields():
                     "require_monotonic": True},
         "sigma_a": 2, "sigma_bc": 3.0, "manual": [[512, 3]], "refit_k": "arch",
     }  # fmt: skip
+
+
+def test_selection_thresholds_of_huge_strengths_do_not_overflow():
+    t = selection_thresholds([1e300, 3e300])
+    assert t["mu"] == pytest.approx(2e300) and t["sigma"] == pytest.approx(1e300)
+
+
+@pytest.mark.parametrize(
+    "column,value,reason",
+    [("k_differential", "0", "has k_differential '0' but elbows"),
+     ("aanet_status", "bogus", "aanet_status 'bogus' is not one of"),
+     ("latent_indices", "100 100 101", "latent_indices must be distinct"),
+     ("aanet_recon_loss_elbow_strength", "-0.5", "is negative")],
+)  # fmt: skip
+def test_read_stage1_csv_refuses_inconsistent_cluster_cells(tmp_path, column, value, reason):
+    rows = stage1_rows(32, MAIN[:3])
+    for row in rows[4:8]:  # cluster 1 (elbows 3 and 3 after MAIN; set a wrong differential)
+        row[column] = value
+    if column == "k_differential":
+        for row in rows[4:8]:
+            row["aanet_archetypal_loss_elbow_k"] = "4"
+    with pytest.raises(ValueError, match=reason):
+        read_stage1_csv(write_rows(tmp_path / "x.csv", rows), 32)
+
+
+def test_line_numbers_count_blank_lines_and_a_missing_k_blames_its_cluster(tmp_path):
+    text = write_rows(tmp_path / "a.csv", stage1_rows(32, MAIN[:3])).read_text().splitlines()
+    text.insert(3, "")  # a blank line before file line 4
+    bad = text[7].split(",")
+    bad[SEED_COLUMNS.index("recon_is_monotonic")] = "maybe"
+    text[7] = ",".join(bad)
+    (tmp_path / "b.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(ValueError, match="line 8 is malformed"):
+        read_stage1_csv(tmp_path / "b.csv", 32)
+    rows = [
+        r for r in stage1_rows(32, MAIN[:3]) if not (r["cluster_id"] == "0" and r["aanet_k"] == "2")
+    ]
+    with pytest.raises(ValueError, match=r"cluster 0 has models for k = \[3, 4, 5\]"):
+        read_stage1_csv(write_rows(tmp_path / "c.csv", rows), 32)

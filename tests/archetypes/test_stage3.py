@@ -525,7 +525,11 @@ def test_other_settings_need_force(stage1, tmp_path):
     invoke_ok(s3_args(stage1, out, "--skip-training"))
     before = files(out)
     other = s3_args(stage1, out, "--skip-training", "--samples-per-vertex", "2")
-    one_line_error(runner.invoke(app, other), "holds a Stage 3 run with other settings")
+    one_line_error(runner.invoke(app, other), "holds a Stage 3 run with other settings "
+                   "(vertex.samples_per_vertex 4 -> 2)")  # fmt: skip
+    fewer = s3_args(stage1, out, "--skip-training", "--manual", "")  # 6:1 no longer selected
+    one_line_error(runner.invoke(app, fewer), "selected clusters: 0 added [], 1 removed "
+                   "['6:1 k=")  # fmt: skip
     assert files(out) == before
     text = invoke_ok([*other, "--force"])
     assert "(reused)" not in text
@@ -711,6 +715,16 @@ def test_select_errors_are_one_line_and_write_no_table(stage1, tmp_path):
     assert not table.exists()
 
 
+def test_select_does_not_replace_a_stage3_runs_own_table(mode2, stage1):
+    out, _ = mode2
+    for table in (out / "selection.csv", out / "n4" / "selection_n4.csv"):
+        before = table.read_bytes()
+        one_line_error(runner.invoke(app, ["aanet", "select", "--csv-dir", str(stage1), *SELECT,
+                                           "--out", str(table)]),
+                       "belongs to the Stage 3 run")  # fmt: skip
+        assert table.read_bytes() == before
+
+
 def test_select_replaces_only_an_earlier_selection_table(stage1, tmp_path):
     copy = copy_stage1(stage1, tmp_path)
     stage1_csv = copy / "clusters_4" / "consolidated_metrics_n4.csv"
@@ -726,3 +740,22 @@ def test_select_replaces_only_an_earlier_selection_table(stage1, tmp_path):
     assert table.read_bytes() != first and table.read_text().startswith("n_clusters,cluster_id")
     one_line_error(runner.invoke(app, [*base, "--min-latents", "-1", "--out", str(table)]),
                    "--min-latents must be an int >= 0")  # fmt: skip
+
+
+def test_a_model_must_span_exactly_its_clusters_decoder_rows(stage1, env):
+    """MODE 2's check: a subspace model spans its cluster's decoder rows, and not more (a model
+    of a cluster whose latents include this one's is refused too)."""
+    from featgeo.archetypes import AANet
+    from featgeo.archetypes.stage3 import _spans_latents
+    from featgeo.sae.saelens_format import load_sae
+
+    w_dec = load_sae(env["sae"]).W_dec.detach().double().numpy()
+    row = max(read_csv(stage1 / "clusters_4" / "consolidated_metrics_n4.csv"),
+              key=lambda r: int(r["n_latents"]))  # fmt: skip
+    latents = [int(v) for v in row["latent_indices"].split()]
+    assert len(latents) >= 3
+    net = AANet.load(stage1 / "clusters_4" / f"aanet_cluster_{row['cluster_id']}_k2.pt")
+    assert _spans_latents(net, w_dec[latents])
+    assert not _spans_latents(net, w_dec[latents[:2]])  # a sub-cluster: the basis is too big
+    others = [i for i in range(2, w_dec.shape[0]) if i not in latents][: len(latents)]
+    assert not _spans_latents(net, w_dec[others])

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from featgeo.archetypes.consolidated import SEED_COLUMNS
+from featgeo.archetypes.engine import STATUSES
 from featgeo.archetypes.quality import QualityFilters, cell_flag, cell_number
 from featgeo.errors import InputError
 
@@ -52,24 +54,9 @@ FILTER_OPTIONS = {
     "k_differential": "--max-k-differential",
 }
 """The option that relaxes each quality filter (named in "no clusters selected")."""
-REQUIRED_COLUMNS = (
-    "cluster_id",
-    "n_latents",
-    "latent_indices",
-    "aanet_k",
-    "aanet_status",
-    "aanet_recon_loss",
-    "aanet_archetypal_loss",
-    "aanet_recon_loss_elbow_k",
-    "aanet_recon_loss_elbow_strength",
-    "aanet_archetypal_loss_elbow_k",
-    "aanet_archetypal_loss_elbow_strength",
-    "k_differential",
-    "recon_is_monotonic",
-    "arch_is_monotonic",
-    "recon_pct_decrease",
-    "arch_pct_decrease",
-)
+_NOT_READ = ("n_clusters_total", "aanet_loss", "aanet_extrema_loss", "decoder_dir_rank",
+             "activation_pca_rank", "cluster_recon_error", "sae_id", "average_l0")  # fmt: skip
+REQUIRED_COLUMNS = tuple(c for c in SEED_COLUMNS if c not in _NOT_READ)
 """Columns of ``consolidated_metrics_n{n}.csv`` that selection reads."""
 SELECTION_COLUMNS = [
     "n_clusters",
@@ -184,7 +171,10 @@ def selection_thresholds(values: Iterable[Any]) -> dict[str, float]:
     finite = array[np.isfinite(array)]
     if not finite.size:
         return dict.fromkeys(("mu", "sigma", "one_sigma", "three_sigma"), math.nan)
-    mu, sigma = float(finite.mean()), float(finite.std(ddof=0))
+    peak = float(np.abs(finite).max())
+    scale = peak if peak > 1e100 else 1.0  # huge strengths would overflow the squares
+    mu = float((finite / scale).mean()) * scale
+    sigma = float((finite / scale).std(ddof=0)) * scale
     return {"mu": mu, "sigma": sigma, "one_sigma": mu + sigma, "three_sigma": mu + 3 * sigma}
 
 
@@ -244,7 +234,7 @@ def read_stage1_csv(path: str | Path, n: int) -> list[Stage1Cluster]:
     if not rows:
         raise ValueError(f"{path} has no rows; rerun Stage 1 for n_clusters={n}")
     clusters: dict[int, Stage1Cluster] = {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         try:
             cid, k = _check_row(row, n)
             cluster = clusters.setdefault(cid, Stage1Cluster(n, cid, dict(row), [], [], [], []))
@@ -266,14 +256,21 @@ def read_stage1_csv(path: str | Path, n: int) -> list[Stage1Cluster]:
         order = np.argsort(cluster.ks)
         for name in ("ks", "recon", "archetypal", "inside"):
             setattr(cluster, name, [getattr(cluster, name)[i] for i in order])
-    ks = clusters[min(clusters)].ks
+    ks = sorted({k for cluster in clusters.values() for k in cluster.ks})
     for cluster in clusters.values():
         elbows = [cell_number(cluster.cells[c]) for c in _ELBOW_K_CELLS]
         if cluster.ks != ks or any(math.isfinite(e) and int(e) not in ks for e in elbows):
             raise ValueError(
                 f"{path} is malformed: cluster {cluster.cluster_id} has models for k = "
-                f"{cluster.ks} and elbows {elbows}, the first cluster k = {ks}; rerun Stage 1"
+                f"{cluster.ks} and elbows {elbows}, the file k = {ks}; rerun Stage 1"
             )
+        if all(math.isfinite(e) for e in elbows):
+            diff = cell_number(cluster.cells["k_differential"])
+            if diff != abs(elbows[0] - elbows[1]):
+                raise ValueError(
+                    f"{path} is malformed: cluster {cluster.cluster_id} has k_differential "
+                    f"{cluster.cells['k_differential']!r} but elbows {elbows}; rerun Stage 1"
+                )
     return [clusters[c] for c in sorted(clusters)]
 
 
@@ -286,6 +283,7 @@ _NUMBER_CELLS = ("aanet_recon_loss", "aanet_archetypal_loss", "aanet_recon_loss_
                  "aanet_archetypal_loss_elbow_strength", "recon_pct_decrease",
                  "arch_pct_decrease")  # fmt: skip
 _INT_CELLS = (*_ELBOW_K_CELLS, "k_differential")
+_LOSS_CELLS = ("aanet_recon_loss", "aanet_archetypal_loss")
 _FLAG_CELLS = ("recon_is_monotonic", "arch_is_monotonic")
 
 
@@ -295,30 +293,47 @@ def _check_row(row: dict[str, str | None], n: int) -> tuple[int, int]:
     if None in row or any(v is None for v in row.values()):
         raise ValueError("wrong number of fields (a truncated or edited line?)")
     cid, k = int(row["cluster_id"]), int(row["aanet_k"])
+    if cid < 0 or k < 2:
+        raise ValueError(f"cluster_id {cid} / aanet_k {k} out of range")
+    if row["aanet_status"] not in STATUSES:
+        raise ValueError(f"aanet_status {row['aanet_status']!r} is not one of {STATUSES}")
     total = row.get("n_clusters_total")
     if total not in (None, "") and int(total) != n:
         raise ValueError(f"n_clusters_total {total} is not {n}")
     latents = [int(v) for v in row["latent_indices"].split()]
     if int(row["n_latents"]) != len(latents):
         raise ValueError(f"n_latents {row['n_latents']} but {len(latents)} latent_indices")
+    if len(set(latents)) != len(latents) or min(latents, default=0) < 0:
+        raise ValueError("latent_indices must be distinct ids >= 0")
     for column in (*_NUMBER_CELLS, *_INT_CELLS):  # empty: undefined (an untrained model)
         cell = row[column].strip()
         if cell and not math.isfinite(cell_number(cell)):
             raise ValueError(f"{column} {cell!r} is not a finite number")
+        if cell and cell_number(cell) < 0:
+            raise ValueError(f"{column} {cell!r} is negative")
+        if not cell and row["aanet_status"] == "ok" and column in _LOSS_CELLS:
+            raise ValueError(f"{column} is empty on a trained ('ok') model")
         if cell and column in _INT_CELLS and cell_number(cell) != int(cell_number(cell)):
             raise ValueError(f"{column} {cell!r} is not an integer")
     for column in _FLAG_CELLS:
         if row[column].strip() not in ("True", "False"):
             raise ValueError(f"{column} {row[column]!r} is not True or False")
+    inside = (row.get("inside_fraction") or "").strip()
+    if inside and not 0 <= cell_number(inside) <= 1:
+        raise ValueError(f"inside_fraction {inside!r} is not a number in [0, 1]")
     return cid, k
 
 
-def _read_csv(path: Path, required: Sequence[str], name: str, fix: str) -> list[dict[str, str]]:
-    """Rows of a CSV that must have ``required`` columns; errors name the file and the fix."""
+def _read_csv(
+    path: Path, required: Sequence[str], name: str, fix: str
+) -> list[tuple[int, dict[str, str]]]:
+    """(line number in the file, row) of a CSV that must have ``required`` columns; errors name
+    the file and the fix."""
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
-            columns, rows = reader.fieldnames or [], list(reader)
+            rows = [(reader.line_num, row) for row in reader]
+            columns = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ValueError(f"{name} is not a readable CSV ({exc}); {fix}") from None
     missing = [c for c in required if c not in columns]
@@ -584,6 +599,13 @@ def check_selection_out(path: str | Path | None) -> None:
     path = Path(path)
     check_output_file(path, "--out")
     check_writable_dir(path.parent, "--out")
+    run = next((p for p in (path.parent, path.parent.parent) if (p / "stage3.json").is_file()),
+               None)  # fmt: skip
+    if path.exists() and run is not None:
+        raise FileExistsError(
+            f"--out '{path}' belongs to the Stage 3 run in '{run}' (its record of what it "
+            "selected); pass a path outside it"
+        )
     if path.exists():
         with open(path, encoding="utf-8", errors="replace") as fh:
             header = fh.readline().strip()
@@ -612,7 +634,7 @@ def read_selection(path: str | Path, n_clusters: Sequence[int]) -> list[dict[str
     cells = _read_csv(path, SELECTION_COLUMNS, f"--selection '{path}'",
                       "write it with `featgeo aanet select --out`")  # fmt: skip
     rows = []
-    for line, cell in enumerate(cells, start=2):
+    for line, cell in cells:
         try:
             row = {
                 "n_clusters": int(cell["n_clusters"]),

@@ -269,7 +269,7 @@ class _Run:
         previous = read_previous(self.save_dir, force)
         if previous is not None:
             if not same(previous["settings"], self.settings):
-                changed = differences(previous["settings"], self.settings)
+                changed = _changes(previous["settings"], self.settings)
                 shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
                 raise FileExistsError(
                     f"--save-dir '{self.save_dir}' holds a Stage 3 run with other settings "
@@ -395,6 +395,12 @@ class _Run:
                     f"{path} holds a k={net.k} model but the CSV's refit k for cluster {cid} is "
                     f"{k}; the models are not those of this Stage 1 run: point "
                     "--stage1-models-dir at the right one or drop --skip-training"
+                )
+            if net.space != self.s1.space:
+                raise ValueError(
+                    f"{path} was trained in the {net.space} space but Stage 1 trains in the "
+                    f"{self.s1.space} space; point --stage1-models-dir at the Stage 1 run of "
+                    "--csv-dir or drop --skip-training"
                 )
             if net.n_features_in_ != self.sae.cfg.d_in:
                 raise ValueError(
@@ -773,15 +779,50 @@ def _typed(cell: str) -> Any:
     return cell
 
 
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two Stage 3 settings, in words: the selected clusters added and
+    removed, the Stage 1 files that changed, then every other setting as ``key old -> new``."""
+    out = []
+
+    def label(row: dict) -> str:
+        return f"{row['n_clusters']}:{row['cluster_id']} k={row['refit_k']} {row['category']}"
+
+    before = {label(r) for r in old.get("rows") or []}
+    after = {label(r) for r in new.get("rows") or []}
+    if before != after:
+        added, removed = sorted(after - before), sorted(before - after)
+        out.append(f"selected clusters: {len(added)} added {added[:3]}, {len(removed)} removed "
+                   f"{removed[:3]}")  # fmt: skip
+    elif not same(old.get("rows"), new.get("rows")):
+        out.append("the selected clusters' Stage 1 cells")
+    for key, what in (("stage1_csv_sha256", "Stage 1 CSV"),
+                      ("stage1_models_sha256", "Stage 1 model")):  # fmt: skip
+        a, b = old.get(key) or {}, new.get(key) or {}
+        if a != b:
+            names = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            out.append(f"{what} files of {names[:3]}" if a and b else f"{key} set or unset")
+    skip = {"rows", "stage1_csv_sha256", "stage1_models_sha256"}
+    out += differences({k: v for k, v in old.items() if k not in skip},
+                       {k: v for k, v in new.items() if k not in skip})  # fmt: skip
+    return out
+
+
 def _spans_latents(net: AANet, w_rows: np.ndarray, rtol: float = 1e-3) -> bool:
-    """Whether a subspace AANet's basis spans the decoder rows ``w_rows [n_latents, d_model]``
-    of its cluster (what Stage 1 trained it in); a full-space model cannot tell, and passes.
-    This catches a model of another cluster even in files that record no latents."""
+    """Whether a subspace AANet's basis spans exactly the decoder rows ``w_rows [n_latents,
+    d_model]`` of its cluster (what Stage 1 trained it in): the same dimension as their
+    numerical rank, and every row inside it. This catches a model of another cluster even in
+    files that record no latents; a full-space model cannot tell, and passes."""
+    from featgeo.archetypes.data import RANK_RTOL
+
     if net.basis_ is None:
         return True
     basis = net.basis_.astype(np.float64)  # [d_model, r], orthonormal columns
+    sigma = np.linalg.svd(w_rows, compute_uv=False)
+    rank = int((sigma > RANK_RTOL * sigma[0]).sum()) if sigma.size and sigma[0] > 0 else 0
     residual = w_rows - (w_rows @ basis) @ basis.T
-    return bool(np.linalg.norm(residual) <= rtol * np.linalg.norm(w_rows))
+    return basis.shape[1] == rank and bool(
+        np.linalg.norm(residual) <= rtol * np.linalg.norm(w_rows)
+    )
 
 
 def _refit_reason(row) -> str:

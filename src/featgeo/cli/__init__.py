@@ -36,15 +36,23 @@ def _one_line_errors(func):
             if os.environ.get("FEATGEO_DEBUG"):
                 raise
             message = " ".join(str(exc).split()) or type(exc).__name__
-            err_console.print(
-                f"[red]featgeo: error:[/red] {message}", highlight=False, soft_wrap=True
-            )
+            _print_error(message)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("featgeo: interrupted; run the same command again to resume")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _print_error(message: str) -> None:
+    """``featgeo: error: MESSAGE`` on one stderr line; the message is text, never markup (a
+    path may hold square brackets)."""
+    from rich.markup import escape
+
+    err_console.print(
+        f"[red]featgeo: error:[/red] {escape(message)}", highlight=False, soft_wrap=True
+    )
 
 
 def _wrap_commands(typer_app: typer.Typer) -> None:
@@ -118,8 +126,7 @@ def main() -> None:
     except UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "featgeo"
         message = " ".join(exc.format_message().split())
-        err_console.print(f"[red]featgeo: error:[/red] {message} (see: {where} --help)",
-                          highlight=False, soft_wrap=True)  # fmt: skip
+        _print_error(f"{message} (see: {where} --help)")
         sys.exit(2)
     except typer.Abort:
         err_console.print("featgeo: aborted")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from featgeo.progress import console
@@ -40,7 +41,11 @@ def build(
     else:
         path = build_corpus(sources, out, force=force)
     corpus = read_corpus_dir(path)
-    console.print(f"corpus [bold]{corpus.name}[/bold] at {path}", highlight=False)
+    console.print(
+        f"corpus [bold]{escape(corpus.name)}[/bold] at {escape(str(path))}",
+        highlight=False,
+        markup=True,
+    )
     console.print(_table(corpus_info(corpus), title=f"fingerprint {corpus.fingerprint[:16]}"))
 
 

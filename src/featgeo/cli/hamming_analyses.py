@@ -156,7 +156,7 @@ def _table(title: str) -> Table:
 
 
 def _print_header(info: MatrixInfo, extra: str) -> None:
-    console.print(f"[bold]{escape(info.path)}[/bold]", highlight=False)
+    console.print(f"[bold]{escape(info.path)}[/bold]", highlight=False, markup=True)
     console.print(
         f"shape {info.shape[0]} x {info.shape[1]}, sparsity {info.sparsity:.2%}, "
         f"{info.n_features_total} features ({info.axis}) of length D={info.d}",
