@@ -620,6 +620,21 @@ def other_cluster_model(stage1, tmp_path):
     return ["--csv-dir", str(copy), "--skip-training"], [f"{refit} was trained on other latents"]
 
 
+def no_stage1_record(stage1, tmp_path):
+    copy = copy_stage1(stage1, tmp_path)
+    (copy / "stage1.json").unlink()
+    return ["--csv-dir", str(copy), "--skip-training"], ["has no stage1.json naming the SAE; "
+                                                         "pass --sae"]  # fmt: skip
+
+
+def sae_moved(stage1, tmp_path):
+    copy = copy_stage1(stage1, tmp_path)
+    record = read_json(copy / "stage1.json")
+    record["sae"] = str(tmp_path / "moved-away")
+    (copy / "stage1.json").write_text(json.dumps(record))
+    return ["--csv-dir", str(copy), "--skip-training"], ["is not found from here; pass --sae"]
+
+
 def other_sae(stage1, tmp_path):
     cfg = SAEConfig(d_in=64, d_sae=48, architecture="topk", k=6,
                     hook_name="blocks.1.hook_resid_post")  # fmt: skip
@@ -652,6 +667,8 @@ BAD = {
     "wrong-k-model": wrong_k_model,
     "other-cluster-model": other_cluster_model,
     "other-sae": other_sae,
+    "no-stage1-record": no_stage1_record,
+    "sae-moved": sae_moved,
     "samples-0": simple(["--samples-per-vertex", "0"], "--samples-per-vertex must be an int >= 1"),
     "threshold-0": simple(["--vertex-threshold", "0"], "--vertex-threshold must lie in (0, sqrt"),
     "threshold-1.5": simple(["--vertex-threshold", "1.5"], "--vertex-threshold must lie in"),
@@ -680,6 +697,23 @@ def test_bad_input_is_one_line_and_writes_nothing(case, stage1, tmp_path):
     for message in messages:
         one_line_error(result, message)
     assert not save.exists()
+
+
+def test_a_selection_table_of_another_run_is_refused(mode2, stage1, tmp_path):
+    out, _ = mode2
+    rows = read_csv(out / "selection.csv")
+    for change, message in (({"latent_indices": "2 3"}, "is not the one in"),
+                            ({"refit_k": "7"}, "refit k=7 of cluster")):  # fmt: skip
+        table = tmp_path / "edited.csv"
+        with open(table, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, list(rows[0]))
+            writer.writeheader()
+            writer.writerows([{**rows[0], **change}, *rows[1:]])
+        save = tmp_path / "out"
+        args = s3_args(stage1, save, "--selection", str(table), "--skip-training",
+                       select=["--n-clusters-list", "4,6"])  # fmt: skip
+        one_line_error(runner.invoke(app, args), message)
+        assert not save.exists()
 
 
 def test_a_missing_selection_table_is_one_line_and_writes_nothing(stage1, tmp_path):
