@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import machine_info
 from rich.console import Console
 from rich.table import Table
 
@@ -44,26 +43,11 @@ console = Console(width=150)
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if "model name" in line)
-    except (OSError, StopIteration):
-        pass
     import faiss
     import scipy
 
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "faiss_threads": faiss.omp_get_max_threads(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "faiss": faiss.__version__,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
-    }
+    return {**machine_info(), "faiss_threads": faiss.omp_get_max_threads(),
+            "scipy": scipy.__version__, "faiss": faiss.__version__}  # fmt: skip
 
 
 def timed(fn: Callable, repeat: int = 1):

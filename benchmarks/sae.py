@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import machine_info
 from rich.console import Console
 from rich.table import Table
 
@@ -360,16 +360,9 @@ def bench_store(source: Source, args, work: Path) -> list[dict]:
 
 # -- report ----------------------------------------------------------------------------------
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {gpu}"
+    info = machine_info()
+    gpu = "CPU only" if info["gpu"] == "none" else info["gpu"]
+    return f"{info['cpu']}, {info['torch_threads']} threads, torch {info['torch']}, {gpu}"
 
 
 def report(train: list[dict], store: list[dict], args, where: str) -> None:

@@ -52,8 +52,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -63,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import machine_info
 from rich.console import Console
 from rich.table import Table
 
@@ -76,7 +75,7 @@ from featgeo.archetypes.selection import (
     select_clusters,
 )
 from featgeo.archetypes.stage1 import activation_store, store_info
-from featgeo.archetypes.stage3 import _stage1_config
+from featgeo.archetypes.stage3 import stage1_config
 from featgeo.archetypes.stage3_files import read_stage1_record, stage1_model_path
 from featgeo.archetypes.vertices import (
     ClusterProgress,
@@ -92,21 +91,7 @@ console = Console(width=160)
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
-        "device": str(device),
-    }
+    return {**machine_info(), "device": str(device)}
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -296,7 +281,7 @@ def main() -> None:
     console.print(f"machine: {where}")
 
     stage1 = read_stage1_record(Path(args.stage1_dir))
-    s1 = _stage1_config(stage1)
+    s1 = stage1_config(stage1)
     if args.split == s1.split:
         sys.exit(f"--split {args.split} is the split the AANets trained on; use a held-out split")
     sae, sae_id = load_sae_checked(args, stage1)

@@ -21,7 +21,6 @@ from featgeo.archetypes.stage1 import Stage1Config, run_stage1
 from featgeo.archetypes.units import run_unit as real_run_unit
 from featgeo.cli import app
 from featgeo.files import read_json
-from featgeo.sae import SAEConfig, SparseAutoencoder, save_sae
 
 runner = CliRunner()
 
@@ -37,7 +36,6 @@ SEED_COLUMNS = (
 PLOTS = ("pca_vs_geometric_rank", "decoder_rank_dist", "elbow_strength_dists",
          "recon_vs_arch_unzoomed", "recon_vs_arch_zoomed")  # fmt: skip
 KS = (2, 3, 4)
-DEAD = (0, 1)  # latents that never fire (b_enc = -1e4)
 
 
 @pytest.fixture(autouse=True)
@@ -46,17 +44,8 @@ def _offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def env(tiny_llama, text_corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("stage1")
-    cfg = SAEConfig(d_in=64, d_sae=48, architecture="topk", k=6,
-                    hook_name="blocks.1.hook_resid_post")  # fmt: skip
-    sae = SparseAutoencoder.from_config(cfg, seed=0)
-    with torch.no_grad():
-        sae.b_enc[list(DEAD)] = -1e4
-    folder = save_sae(sae, root / "sae")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FEATGEO_CACHE", str(root / "cache"))
-        yield {"sae": folder, "model": tiny_llama, "corpus": text_corpus, "root": root}
+def env(stage_env):
+    return stage_env
 
 
 @pytest.fixture(autouse=True)
@@ -322,7 +311,7 @@ def test_a_cluster_with_too_few_active_tokens_gets_rows_not_a_crash(run, env, tm
     for row in rows:
         row["n_clusters_total"] = "5"
     rows.append({"n_clusters_total": "5", "cluster_id": "9", "n_latents": "2",
-                 "latent_indices": " ".join(map(str, DEAD)), "decoder_dir_rank": "2",
+                 "latent_indices": " ".join(map(str, env["dead"])), "decoder_dir_rank": "2",
                  "cluster_recon_error": "0.0", "activation_pca_rank": "0"})  # fmt: skip
     with open(metrics, "w", newline="") as fh:
         writer = csv.DictWriter(fh, columns)

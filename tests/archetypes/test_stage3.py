@@ -44,17 +44,8 @@ def _offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def env(tiny_llama, text_corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("stage3")
-    cfg = SAEConfig(d_in=64, d_sae=48, architecture="topk", k=6,
-                    hook_name="blocks.1.hook_resid_post")  # fmt: skip
-    sae = SparseAutoencoder.from_config(cfg, seed=0)
-    with torch.no_grad():
-        sae.b_enc[[0, 1]] = -1e4  # two dead latents, as in test_stage1
-    folder = save_sae(sae, root / "sae")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FEATGEO_CACHE", str(root / "cache"))
-        yield {"sae": folder, "model": tiny_llama, "corpus": text_corpus, "root": root}
+def env(stage_env):
+    return stage_env
 
 
 @pytest.fixture(autouse=True)

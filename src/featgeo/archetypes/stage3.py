@@ -226,7 +226,7 @@ class _Run:
                 "Stage 1's settings from it; point --csv-dir at Stage 1's --save-dir, or pass "
                 "--skip-training"
             )
-        self.s1 = _stage1_config(self.stage1)
+        self.s1 = stage1_config(self.stage1)
         if config.collect_vertex_samples and config.split == self.s1.split:
             raise ValueError(
                 f"--split {config.split} is the split the AANets trained on (Stage 1's --split); "
@@ -834,7 +834,7 @@ def _refit_reason(row) -> str:
     return f"the k of criterion {source!r} on Stage 1's loss curves"
 
 
-def _stage1_config(stage1: dict | None):
+def stage1_config(stage1: dict | None):
     """Stage 1's settings as a :class:`Stage1Config` (its defaults without ``stage1.json``)."""
     from featgeo.archetypes.quality import QualityFilters
     from featgeo.archetypes.stage1 import Stage1Config
@@ -972,4 +972,11 @@ class _token_bar:
             self.progress.__exit__(*exc)
 
 
-__all__ = ["Stage3Config", "Stage3Result", "TRAINING_FIELDS", "run_stage3", "top_trigger_words"]
+__all__ = [
+    "Stage3Config",
+    "Stage3Result",
+    "TRAINING_FIELDS",
+    "run_stage3",
+    "stage1_config",
+    "top_trigger_words",
+]
