@@ -1,5 +1,6 @@
 # featgeo: two commands on a fresh machine.
 #   make demo   install into .venv if needed, build the embedded model cache and corpus, run the demo
+#               (make demo-quick: the same chain on small settings, about 3 minutes)
 #   make test   install if needed, build the same, run the whole test suite (slow tests included)
 #
 # PyTorch: on a machine without an NVIDIA GPU we pin the CPU build (torch==2.13.0); an unpinned
@@ -17,7 +18,7 @@ DEMO_OUT ?= demo_out
 SAELENS_PEER := .bench/saelens
 SAELENS_SPEC := sae-lens==6.54.12
 
-.PHONY: install data demo test test-fast lint mutate bench bench-prune bench-sae clean
+.PHONY: install data demo demo-quick test test-fast lint mutate bench bench-prune bench-sae clean
 
 install: $(STAMP)
 
@@ -34,44 +35,22 @@ data: install
 	$(PY) -m featgeo model info > /dev/null
 	$(PY) -m featgeo corpus build
 
-MATRICES := $(DEMO_OUT)/clustering_characterization
+# `featgeo demo` runs the whole chain, one featgeo command per step (src/featgeo/demo.py holds
+# it; `featgeo demo --dry-run` prints the commands): prune SmolLM2 with magnitude, Wanda and
+# SparseGPT; the sparsity-pattern analyses of seed 000 (hamming multi, seeds, scan) and their
+# report; a small SAE on block 6 (train, eval, k-means clusters of its decoder directions);
+# seed 002's Stage 1 (shortened AANet training: 200 steps, early stop after 50, 1024-token
+# draws; one thread per worker), Stage 2 selection (mu + 1 sigma for categories B/C, since the
+# demo's few clusters have no 3-sigma outliers) and Stage 3 MODE 2 (Stage 1's models, text near
+# each vertex); then the review site. Finished runs are reused on a rerun.
+# demo-quick: every stage on small settings, in about 3 minutes on 2 cores (into demo_quick/).
+DEMO_QUICK_OUT ?= demo_quick
 
-# Prune (finished methods are reused on a rerun), then the sparsity-pattern analyses of seed 000.
 demo: data
-	$(PY) -m featgeo prune --model embedded --method magnitude,wanda,sparsegpt --sparsity 0.5 \
-		--calib-samples 32 --seqlen 512 --out $(MATRICES)
-	for method in wanda sparsegpt; do for component in mlp.down_proj mlp.up_proj; do \
-		$(PY) -m featgeo hamming multi $(MATRICES)/$$method/layer1-$$component.pt --n-executions 10 \
-			--output-json $(DEMO_OUT)/analysis_results/$${method}_layer1_$$component.json || exit 1; \
-	done; done
-	$(PY) -m featgeo hamming seeds --method wanda --layer 1 --component mlp.down_proj --seeds 3 \
-		--matrices-dir $(MATRICES) --output-dir $(DEMO_OUT)/results/metrics/multi_seed_clustering/wanda/mlp.down_proj
-	$(PY) -m featgeo hamming scan --matrices-dir $(MATRICES) --methods wanda,sparsegpt \
-		--out $(DEMO_OUT)/results/scan
-	$(PY) -m featgeo hamming report --results-dir $(DEMO_OUT)/analysis_results --out $(DEMO_OUT)/report \
-		--seeds-dir $(DEMO_OUT)/results/metrics/multi_seed_clustering --scan-csv $(DEMO_OUT)/results/scan/scan.csv
-	# A small SAE on block 6 (the default SAE is bigger: see docs/benchmarks.md), its evaluation on
-	# held-out text, and k-means clusters of its decoder directions.
-	$(PY) -m featgeo sae train --layer 6 --d-sae 2304 --k 32 --tokens 400000 \
-		--activation-tokens 200000 --out $(DEMO_OUT)/saes/layer6-demo
-	$(PY) -m featgeo sae eval $(DEMO_OUT)/saes/layer6-demo --tokens 4096 \
-		--json $(DEMO_OUT)/saes/layer6-demo-eval.json
-	$(PY) -m featgeo sae cluster $(DEMO_OUT)/saes/layer6-demo --n-clusters 128,256 --method kmeans \
-		--store-tokens 65536 --out $(DEMO_OUT)/sae_clusters
-	# Stage 1 of seed 002 on those clusters: an AANet per (cluster, k = 2..8). The demo trains at
-	# most 200 steps (early stop after 50) on 1024-token draws; the defaults are 3000 / 250 / 4096.
-	# One thread: the stacks are many small matmuls, where a second thread costs more than it adds.
-	OMP_NUM_THREADS=1 $(PY) -m featgeo aanet stage1 --sae $(DEMO_OUT)/saes/layer6-demo --n-clusters 128,256 \
-		--clusters-dir $(DEMO_OUT)/sae_clusters --store-tokens 65536 --max-steps 200 \
-		--early-stop-patience 50 --batch-tokens 1024 --save-dir $(DEMO_OUT)/real_data_analysis_canonical
-	# Stages 2 and 3: select clusters (the demo's few clusters have no 3-sigma outliers, so categories
-	# B and C use mu + 1 sigma here), reuse their Stage 1 models (MODE 2) and collect text near each
-	# vertex from the held-out vertex split, all clusters in one pass; prints trigger words.
-	$(PY) -m featgeo aanet select --csv-dir $(DEMO_OUT)/real_data_analysis_canonical \
-		--n-clusters-list 128,256 --sigma-bc 1 --out $(DEMO_OUT)/selection.csv
-	$(PY) -m featgeo aanet stage3 --csv-dir $(DEMO_OUT)/real_data_analysis_canonical \
-		--n-clusters-list 128,256 --selection $(DEMO_OUT)/selection.csv --skip-training \
-		--store-tokens 65536 --samples-per-vertex 50 --save-dir $(DEMO_OUT)/selected_clusters_canonical
+	$(PY) -m featgeo demo --out $(DEMO_OUT)
+
+demo-quick: data
+	$(PY) -m featgeo demo --quick --out $(DEMO_QUICK_OUT)
 
 # The sae-lens parity tests run in SAELens' own environment (it pins its own transformers), where
 # a missing sae_lens fails instead of skipping; then the whole suite runs in .venv.
@@ -125,4 +104,4 @@ bench-sae: data $(SAELENS_PEER)/bin/python
 	$(PY) benchmarks/sae.py --peer-python $(SAELENS_PEER)/bin/python
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .bench .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_QUICK_OUT) .bench .pytest_cache

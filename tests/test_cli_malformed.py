@@ -49,6 +49,9 @@ INPUT_FOLDERS = {
     "--clusters-dir",
     "--csv-dir",
     "--stage1-models-dir",
+    "--stage1-dir",
+    "--stage3-dir",
+    "--sparsity-report",
 }
 INPUT_FILES = {"matrix", "--scan-csv", "--from", "--selection"}
 OUTPUT_FOLDERS = {"--out", "--output-dir", "--save-dir"}
@@ -170,6 +173,9 @@ def base_args(command: str, valid: dict, tmp: Path) -> dict[str, str]:
                          "--manual": "0", "--skip-training": FLAG, **tiny, "--workers": "1",
                          "--store-tokens": "256", "--samples-per-vertex": "2",
                          "--save-dir": tmp / "stage3"},
+        # The malformed --out is refused before any step runs (the real chain is slow).
+        "demo": {"--quick": FLAG, "--out": tmp / "demo"},
+        "review": {"--stage1-dir": valid["--csv-dir"], "--out": tmp / "review"},
     }  # fmt: skip
     return {k: str(v) for k, v in args[command].items()}
 
@@ -309,7 +315,7 @@ def test_valid_base_arguments_parse(valid, tmp_path):
         ctx.close()
 
 
-@pytest.mark.parametrize("command", ["aanet select", "aanet stage3"])
+@pytest.mark.parametrize("command", ["aanet select", "aanet stage3", "review"])
 def test_base_arguments_of_the_aanet_stages_run(command, valid, tmp_path):
     """These commands read a finished Stage 1 run: their base arguments must succeed (so each
     failure above is the bad path, not an unusable Stage 1 run)."""

@@ -461,13 +461,14 @@ def _select_n(n, clusters, criteria, path) -> tuple[list[dict], NSelection]:
     chosen: list[tuple[Stage1Cluster, list[str]]] = []
     manual_ids = [cid for m, cid in criteria.manual if m == n]
     for cid in manual_ids:  # categories are defined over the filtered set only
-        cats = _categories(by_id[cid], recon_t, arch_t, criteria) if by_id[cid] in passing else []
+        cid_cats = cluster_categories(by_id[cid], recon_t, arch_t, criteria)
+        cats = cid_cats if by_id[cid] in passing else []
         chosen.append((by_id[cid], ["M", *cats]))
     ranked = []
     for c in passing:
         if c.cluster_id in manual_ids:
             continue
-        cats = _categories(c, recon_t, arch_t, criteria)
+        cats = cluster_categories(c, recon_t, arch_t, criteria)
         if cats:
             ranked.append((c, cats))
     ranked.sort(
@@ -486,8 +487,12 @@ def _select_n(n, clusters, criteria, path) -> tuple[list[dict], NSelection]:
     return rows, summary
 
 
-def _categories(c: Stage1Cluster, recon_t, arch_t, criteria) -> list[str]:
-    """Every category of SPEC §3 that cluster ``c`` meets, in priority order."""
+def cluster_categories(
+    c: Stage1Cluster, recon_t: Mapping[str, float], arch_t: Mapping[str, float], criteria
+) -> list[str]:
+    """Every category of SPEC §3 that cluster ``c`` meets, in priority order, given the
+    :func:`selection_thresholds` of both strengths over the clusters passing the filters
+    (whether ``c`` passes them is the caller's question)."""
     r = cell_number(c.cells["aanet_recon_loss_elbow_strength"])
     a = cell_number(c.cells["aanet_archetypal_loss_elbow_strength"])
     diff = cell_number(c.cells["k_differential"])
@@ -692,6 +697,8 @@ __all__ = [
     "SelectionCriteria",
     "Stage1Cluster",
     "check_selection_out",
+    "cluster_categories",
+    "csv_sha256",
     "find_csv",
     "parse_manual",
     "read_selection",

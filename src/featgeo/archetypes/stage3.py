@@ -291,6 +291,7 @@ class _Run:
             **versions(),
             "csv_dir": str(self.csv_dir),
             "sae": self.sae_id,
+            "model": self.s1.model or self.sae.cfg.model_name or "embedded",
             "selection": selection_info,
             "settings": self.settings,
             "device": str(self.device),
@@ -611,7 +612,7 @@ class _Run:
 
         s1 = self.s1
         documents = load_corpus(s1.corpus).split(self.config.split, option="--split")
-        model = s1.model or self.sae.cfg.model_name or "embedded"
+        model = s1.model or self.sae.cfg.model_name or "embedded"  # also stage3.json's "model"
         return ChunkText(documents, load_tokenizer(model), s1.context_size)
 
     # -- vertex samples -------------------------------------------------------------------------

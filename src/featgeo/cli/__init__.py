@@ -94,9 +94,11 @@ def _root(
 def _register() -> None:
     from featgeo.cli import aanet as aanet_cli
     from featgeo.cli import corpus as corpus_cli
+    from featgeo.cli import demo as demo_cli
     from featgeo.cli import hamming as hamming_cli
     from featgeo.cli import model as model_cli
     from featgeo.cli import prune as prune_cli
+    from featgeo.cli import review as review_cli
     from featgeo.cli import sae as sae_cli
 
     app.add_typer(model_cli.app, name="model")
@@ -106,6 +108,8 @@ def _register() -> None:
     app.add_typer(hamming_cli.app, name="hamming")
     app.add_typer(sae_cli.app, name="sae")
     app.add_typer(aanet_cli.app, name="aanet")
+    app.command("review")(review_cli.review)
+    app.command("demo")(demo_cli.demo)
     _wrap_commands(app)
 
 

@@ -205,26 +205,31 @@ _REFIT_K = _opt(
 )
 
 
-def _criteria(
-    n_clusters, min_latents, min_pct, max_kdiff, monotonic, sigma_a, sigma_bc, manual, refit_k
-):
+def quality_filters(min_latents, min_pct, max_kdiff, monotonic):
+    """:class:`QualityFilters` from the options (errors name the option, not the field)."""
     from featgeo.archetypes.quality import QualityFilters
-    from featgeo.archetypes.selection import SelectionCriteria, parse_manual
-    from featgeo.latents.run import parse_n_clusters
 
-    n_values = tuple(parse_n_clusters(n_clusters))
     try:
-        filters = QualityFilters(
+        return QualityFilters(
             min_latents=min_latents,
             min_pct_decrease=min_pct,
             max_k_differential=max_kdiff,
             require_monotonic=monotonic,
         )
-    except ValueError as exc:  # name the option, not the field
+    except ValueError as exc:
         name = str(exc).split()[0]
         raise ValueError(str(exc).replace(name, "--" + name.replace("_", "-"), 1)) from None
+
+
+def _criteria(
+    n_clusters, min_latents, min_pct, max_kdiff, monotonic, sigma_a, sigma_bc, manual, refit_k
+):
+    from featgeo.archetypes.selection import SelectionCriteria, parse_manual
+    from featgeo.latents.run import parse_n_clusters
+
+    n_values = tuple(parse_n_clusters(n_clusters))
     criteria = SelectionCriteria(
-        filters=filters,
+        filters=quality_filters(min_latents, min_pct, max_kdiff, monotonic),
         sigma_a=sigma_a,
         sigma_bc=sigma_bc,
         manual=parse_manual(manual, n_values),
