@@ -198,8 +198,10 @@ def test_a_click_on_a_point_shows_that_clusters_vertex_samples(tab, tmp_path):
             assert texts == expected
     assert page.locator("#vertex-samples .trigger").count() > 0
     shot = Path(os.environ.get("FEATGEO_SCREENSHOT") or tmp_path / "review.png")
-    page.evaluate(f"document.getElementById('scatter-n{n}').scrollIntoView()")
-    page.screenshot(path=str(shot))
+    page.evaluate("window.scrollTo(0, 0)")
+    # the scatter, the clicked cluster's panel and its first vertex samples, in one picture
+    page.screenshot(path=str(shot), full_page=True, clip={"x": 0, "y": 0, "width": 1400,
+                                                           "height": 2600})  # fmt: skip
     assert shot.stat().st_size > 10_000
     assert tab.network() == [] and tab.errors == []
 
