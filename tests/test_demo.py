@@ -201,10 +201,11 @@ def test_dry_run_prints_each_command_once(tmp_path):
         ("prune", None, ["prune"]),
         ("hamming multi", None, ["prune"] + ["hamming multi"] * 4),
         ("hamming-report", None, STAGES[:1] + ["hamming multi"] * 4 + STAGES[2:5]),
+        ("Hamming  Report", None, STAGES[:1] + ["hamming multi"] * 4 + STAGES[2:5]),
         (None, "review", None),
         ("aanet stage1", "hamming multi,hamming-seeds", ["prune", *STAGES[3:9]]),
     ],
-    ids=["prune", "multi", "hyphen", "skip-review", "both"],
+    ids=["prune", "multi", "hyphen", "case", "skip-review", "both"],
 )
 def test_select_steps(until, skip, expected, tmp_path):
     steps = demo_steps(tmp_path, quick=True)
@@ -219,6 +220,7 @@ def test_select_steps(until, skip, expected, tmp_path):
     [
         (["--until", "stage9"], "--until 'stage9' is not a step of the demo; expected one of: "),
         (["--skip", "prune,nothing"], "--skip 'nothing' is not a step"),
+        (["--until", "prune", "--skip", "PRUNE"], "--until and --skip leave no step to run"),
     ],
 )
 def test_unknown_step_names(args, match, tmp_path):

@@ -38,6 +38,24 @@ def test_what_would_be_clobbered_is_refused(tmp_path, make, error, match):
         check_output_dir(target, "--out", signature=("scan.csv",))
 
 
+def test_an_own_folder_holding_other_files_is_refused(tmp_path):
+    """A folder with the signature file is replaced as a whole: anything in it beyond what
+    the command writes (``contents``) would be deleted, so it is refused, naming the files."""
+    own = tmp_path / "scan"
+    own.mkdir()
+    for name in ("scan.csv", "scan_config.json", "heatmap_wanda_x.png"):
+        (own / name).write_text("x")
+    contents = ("scan.csv", "scan_config.json", "heatmap_*.png")
+    check_output_dir(own, "--out", signature=("scan.csv",), contents=contents)
+    (own / "thesis.tex").write_text("x")
+    (own / "heatmap.txt").write_text("x")  # a pattern matches whole names only
+    with pytest.raises(FileExistsError, match=r"--out '.*scan' is an earlier featgeo output "
+                       r"but also holds files featgeo did not write there \(heatmap\.txt, "
+                       r"thesis\.tex\).*move them out"):  # fmt: skip
+        check_output_dir(own, "--out", signature=("scan.csv",), contents=contents)
+    check_output_dir(own, "--out", signature=("scan.csv",))  # no contents given: signature only
+
+
 def test_a_path_under_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(NotADirectoryError, match=r"lies under '.*f', which is a file"):

@@ -424,7 +424,7 @@ def select_steps(
     names = step_names(steps)
 
     def check(option: str, value: str) -> str:
-        name = " ".join(value.replace("-", " ").split())
+        name = " ".join(value.replace("-", " ").lower().split())
         if name not in names:
             raise ValueError(
                 f"{option} '{value}' is not a step of the demo; expected one of: "
@@ -440,6 +440,11 @@ def select_steps(
     if skip:
         skipped = {check("--skip", part) for part in skip.split(",") if part.strip()}
         chosen = [step for step in chosen if step.name not in skipped]
+    if not chosen:
+        raise ValueError(
+            "--until and --skip leave no step to run; skip fewer steps (the steps: "
+            + ", ".join(names) + ")"
+        )
     return chosen
 
 

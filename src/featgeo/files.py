@@ -131,24 +131,48 @@ def check_output_file(path: str | os.PathLike | None, option: str) -> None:
 
 
 def check_output_dir(
-    path: str | os.PathLike, option: str, *, signature: tuple[str, ...] = ()
+    path: str | os.PathLike,
+    option: str,
+    *,
+    signature: tuple[str, ...] = (),
+    contents: tuple[str, ...] = (),
 ) -> None:
     """Refuse, before any work, an output folder that featgeo would have to clobber.
 
     A command replaces its output folder as a whole (:func:`staging_dir`), so ``path`` must be
     new, an empty folder, or a folder this kind of command wrote before: one holding any of
-    the ``signature`` files (relative paths, e.g. ``("scan.csv",)``). An existing file, a path
-    under a file, or a folder of someone else's files is an input error naming ``option``.
+    the ``signature`` files (relative paths, e.g. ``("scan.csv",)``) and, when ``contents`` is
+    given, nothing but entries matching those patterns (the names the command writes, e.g.
+    ``("scan.csv", "heatmap_*.png")``): a file a user added beside them would be deleted. An
+    existing file, a path under a file, or a folder of someone else's files is an input error
+    naming ``option``.
 
     Raises:
         NotADirectoryError: ``path`` is a file or lies under one.
-        FileExistsError: ``path`` is a non-empty folder without any signature file.
+        FileExistsError: ``path`` is a non-empty folder without any signature file, or one
+            that also holds entries outside ``contents``.
     """
+    import fnmatch
+
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{option} '{path}' is a file; pass a folder path")
     _check_no_file_above(path, option, "a folder path")
-    if not path.is_dir() or any((path / name).exists() for name in signature):
+    if not path.is_dir():
+        return
+    if any((path / name).exists() for name in signature):
+        foreign = sorted(
+            p.name
+            for p in path.iterdir()
+            if contents and not any(fnmatch.fnmatchcase(p.name, c) for c in contents)
+        )
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise FileExistsError(
+                f"{option} '{path}' is an earlier featgeo output but also holds files featgeo "
+                f"did not write there ({shown}), and the output folder is replaced as a whole; "
+                "move them out or pass a new folder"
+            )
         return
     names = sorted(p.name for p in path.iterdir())
     if names:

@@ -214,9 +214,16 @@ def test_refuses_to_replace_a_foreign_folder(results_dir, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("keep")
-    with pytest.raises(ValueError, match="not a featgeo report"):
+    with pytest.raises(FileExistsError, match="did not write there \\(thesis.tex\\)"):
         build_report(results_dir, out)
     assert (out / "thesis.tex").read_text() == "keep"
+    # a report folder the user added a file to is not replaced either (the file would go)
+    (out / "thesis.tex").unlink()
+    build_report(results_dir, out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="earlier featgeo output but also holds .*notes"):
+        build_report(results_dir, out)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "report.md").is_file()
 
 
 def test_cli_report_with_scan_section(results_dir, tmp_path, monkeypatch):

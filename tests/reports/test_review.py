@@ -790,6 +790,29 @@ def test_an_out_folder_of_someone_elses_files(review_inputs, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
+def test_a_site_or_a_marker_beside_someone_elses_files_is_never_replaced(review_inputs, tmp_path):
+    """A ``review.json`` alone does not make a folder a site to replace: a user's file in an
+    earlier site, or beside a file of that name, would be deleted by the rebuild."""
+    out = tmp_path / "site"
+    invoke_ok(review("--sparsity-report", review_inputs["report"], "--out", out))
+    (out / "notes.txt").write_text("mine")
+    (out / "mythesis").mkdir()
+    before = files(out)
+    result = runner.invoke(app, review("--sparsity-report", review_inputs["report"], "--out", out))
+    one_line_error(result, f"--out '{out}' is an earlier featgeo output but also holds files "
+                   "featgeo did not write there (mythesis, notes.txt)")  # fmt: skip
+    assert files(out) == before and (out / "notes.txt").read_text() == "mine"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "review.json").write_text('{"reviewer": "bob"}')
+    (other / "thesis.tex").write_text("x")
+    result = runner.invoke(
+        app, review("--sparsity-report", review_inputs["report"], "--out", other)
+    )
+    one_line_error(result, "(thesis.tex)")
+    assert (other / "thesis.tex").read_text() == "x"
+
+
 def test_an_unfinished_or_unreadable_stage3_run(review_inputs, tmp_path):
     out = tmp_path / "out"
     running = tmp_path / "running"
@@ -819,3 +842,76 @@ def test_a_stage3_run_missing_a_clusters_samples(review_inputs, tmp_path):
                    "is missing from the Stage 3 run")  # fmt: skip
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage3"]
+
+
+# -- damaged or foreign inputs found by a fresh user ---------------------------------------------
+def _damaged_stage3(review_inputs, tmp_path, edit) -> Path:
+    """A copy of the fixture's Stage 3 run with ``edit(records_path)`` applied to the first
+    selected cluster's vertex samples."""
+    copy = tmp_path / "stage3"
+    shutil.copytree(review_inputs["stage3"], copy)
+    edit(sorted(copy.glob("n*/cluster_*_vertex_samples.jsonl"))[0])
+    return copy
+
+
+def test_vertex_samples_that_disagree_with_their_stats_or_the_tokenizer(review_inputs, tmp_path):
+    out = tmp_path / "out"
+
+    def empty(path):
+        path.write_text("")
+
+    def alien_token(path):
+        lines = path.read_text().splitlines()
+        record = json.loads(lines[0])
+        record["token_ids"][3] = 10**9
+        path.write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+
+    for edit, message in ((empty, "records of vertex"), (alien_token, "has token id 1000000000")):
+        stage3 = _damaged_stage3(review_inputs, tmp_path / edit.__name__, edit)
+        result = runner.invoke(app, review("--stage1-dir", review_inputs["stage1"],
+                                           "--stage3-dir", stage3, "--out", out))  # fmt: skip
+        one_line_error(result, message, "--force")
+        assert not out.exists()
+
+
+def test_a_character_split_over_byte_tokens_is_shown_whole(review_inputs):
+    """Byte-level BPE splits 'ř' into two tokens, each decoding to U+FFFD alone; the pieces
+    give the character whole to the first and still join to the text."""
+    from transformers import AutoTokenizer
+
+    from featgeo.reports.review import _Pieces
+
+    tokenizer = AutoTokenizer.from_pretrained(review_inputs["model"])
+    text = "Jiří Trnka, naïve café"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    alone = [tokenizer.decode([i]) for i in ids]
+    assert any("\ufffd" in piece for piece in alone)  # the case the merge is for
+    pieces = _Pieces(tokenizer)(ids)
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    assert len(pieces) == len(ids)
+    for piece, single in zip(pieces, alone, strict=True):  # whole tokens are left as they are
+        if "\ufffd" not in single:
+            assert piece == single
+
+
+def test_a_report_of_another_tool_and_empty_paths(review_inputs, tmp_path):
+    out = tmp_path / "out"
+    other = tmp_path / "other report"
+    other.mkdir()
+    (other / "report.md").write_text("# My notes\n")
+    (other / "report.html").write_text("<html><body><script>alert(1)</script></body></html>")
+    one_line_error(runner.invoke(app, review("--sparsity-report", other, "--out", out)),
+                   "report.md is not one of `featgeo hamming report`")  # fmt: skip
+    for option in ("--out", "--stage1-dir", "--sparsity-report"):
+        args = {"--stage1-dir": review_inputs["stage1"], "--out": out} | {option: " "}
+        result = runner.invoke(app, review(*[str(x) for pair in args.items() for x in pair]))
+        one_line_error(result, f"{option} is empty; pass a folder path")
+    assert not out.exists()
+    lacking = tmp_path / "lacking"
+    shutil.copytree(review_inputs["stage3"], lacking)
+    info = read_json(lacking / "stage3.json")
+    del info["settings"]["stage1_csv_sha256"]
+    (lacking / "stage3.json").write_text(json.dumps(info))
+    result = runner.invoke(app, review("--stage1-dir", review_inputs["stage1"],
+                                       "--stage3-dir", lacking, "--out", out))  # fmt: skip
+    one_line_error(result, "stage3.json lacks its 'stage1_csv_sha256' entry")

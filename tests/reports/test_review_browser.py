@@ -128,6 +128,14 @@ def plotted(c: dict) -> bool:
     return c["recon_strength"] is not None and c["arch_strength"] is not None
 
 
+def shown_as(piece: str) -> str:
+    """How the page shows a trigger token: itself, or its whitespace made visible."""
+    if piece.strip():
+        return piece
+    marks = piece.replace("\n", "↵").replace("\t", "⇥").replace(" ", "␣") or "∅"
+    return marks + ("\n" if "\n" in piece else "")
+
+
 def isolated_stage3_cluster(page, data: dict) -> tuple[int, int]:
     """A Stage 3 cluster whose point lies farthest from every other point (a click on it
     cannot hit a neighbour)."""
@@ -191,7 +199,7 @@ def test_a_click_on_a_point_shows_that_clusters_vertex_samples(tab, tmp_path):
         for j, sample in enumerate(vertex["samples"]):
             triggers = samples.nth(j).locator(".trigger")
             shown = triggers.all_inner_texts()
-            expected = [sample["pieces"][t["position"]] for t in sorted(
+            expected = [shown_as(sample["pieces"][t["position"]]) for t in sorted(
                 sample["triggers"], key=lambda t: t["position"])]  # fmt: skip
             # inner_text trims the spaces a piece may start with; textContent keeps them
             texts = [triggers.nth(k).evaluate("e => e.textContent") for k in range(len(shown))]

@@ -44,7 +44,10 @@ def check_save_dir(save_dir: Path, n_clusters: tuple[int, ...]) -> None:
         raise NotADirectoryError(f"--save-dir '{save_dir}' is a file; pass a folder path")
     check_writable_dir(save_dir, "--save-dir")
     for n in n_clusters:
-        check_output_dir(save_dir / f"clusters_{n}", "--save-dir", signature=(csv_name(n),))
+        check_output_dir(
+            save_dir / f"clusters_{n}", "--save-dir", signature=(csv_name(n),),
+            contents=(csv_name(n), f"training_curves_n{n}.jsonl", "plots", "aanet_cluster_*.pt"),
+        )  # fmt: skip
 
 
 # -- stage1.json ----------------------------------------------------------------------------------

@@ -72,7 +72,10 @@ def check_save_dir(save_dir: Path, n_clusters: tuple[int, ...]) -> None:
         raise NotADirectoryError(f"--save-dir '{save_dir}' is a file; pass a folder path")
     check_writable_dir(save_dir, "--save-dir")
     for n in n_clusters:
-        check_output_dir(save_dir / n_dir(n), "--save-dir", signature=(selection_n_name(n),))
+        check_output_dir(
+            save_dir / n_dir(n), "--save-dir", signature=(selection_n_name(n),),
+            contents=(selection_n_name(n), "cluster_*"),
+        )  # fmt: skip
 
 
 def read_stage1_record(csv_dir: Path) -> dict[str, Any] | None:

@@ -61,4 +61,4 @@ def review(
     if result.stage3_clusters:
         console.print(f"Stage 3: {len(result.stage3_clusters)} clusters with results")
     console.print(f"Wrote {', '.join(['index.html', *result.pages])} to {result.out}")
-    console.print(f"Open it: {(result.out / 'index.html').resolve().as_uri()}")
+    console.print(f"Open it: {(result.out / 'index.html').resolve().as_uri()}", soft_wrap=True)

@@ -127,7 +127,9 @@ def build_from_files(
 
 def _check_out(out: Path) -> None:
     """``out`` becomes a corpus folder: refuse a file, or a folder of other files."""
-    check_output_dir(out, "--out", signature=("manifest.json",))
+    check_output_dir(
+        out, "--out", signature=("manifest.json",), contents=("manifest.json", "*.jsonl")
+    )
 
 
 def write_corpus(

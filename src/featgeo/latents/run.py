@@ -222,7 +222,10 @@ def check_cluster_out(out: str | os.PathLike, n_clusters: list[int]) -> None:
     ``clusters_{n}`` folders hold someone else's files (each is replaced as a whole)."""
     out = Path(out)
     for n in n_clusters:
-        check_output_dir(out / f"clusters_{n}", "--out", signature=("clustering.json",))
+        check_output_dir(
+            out / f"clusters_{n}", "--out", signature=("clustering.json",),
+            contents=("cluster_assignments.csv", "cluster_metrics.csv", "clustering.json"),
+        )  # fmt: skip
 
 
 def _write_clustering(folder: Path, labels, metrics, info) -> None:

@@ -104,8 +104,9 @@ def prepare(config: PruneConfig) -> PreparedRun:
         )
     for method in config.methods:
         check_output_dir(
-            Path(config.out) / method, f"--out (its '{method}' folder)", signature=(SUMMARY,)
-        )
+            Path(config.out) / method, f"--out (its '{method}' folder)", signature=(SUMMARY,),
+            contents=(SUMMARY, "layer*.pt"),
+        )  # fmt: skip
     device = resolve_device(config.device)
     resolved = resolve_model(config.model)
     model = load_model(config.model, device=device)

@@ -575,14 +575,13 @@ def _html_page(title: str, body: list[str]) -> str:
 
 
 def _check_out(out: Path) -> None:
-    """Refuse to replace a folder that is not a report of this function."""
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out '{out}' exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "report.md").is_file():
-        raise ValueError(
-            f"--out '{out}' already holds files that are not a featgeo report; it would be "
-            "replaced, so pass an empty or new folder"
-        )
+    """Refuse to replace a folder that is not a report of this function, or a report folder
+    holding files of someone else's (they would be deleted)."""
+    from featgeo.files import check_output_dir
+
+    check_output_dir(
+        out, "--out", signature=("report.md",), contents=("report.md", "report.html", "figures")
+    )
 
 
 def build_report(

@@ -44,6 +44,7 @@ from featgeo.files import (
     copy_file,
     read_json,
     staging_dir,
+    write_json,
     write_text,
 )
 
@@ -60,7 +61,11 @@ CATEGORY_COLORS = {
 }
 """Scatter colours: categories by SPEC §3 priority, then clusters in no category and those
 failing a quality filter."""
+SITE_CONTENTS = (MARKER, "index.html", "aanet.html", "sparsity.html", "assets", "vendor", "data")
+"""Everything a site holds: a rebuild refuses a site folder holding anything else."""
 SAMPLES_SHOWN = 20
+REPORT_TITLE = "# featgeo comparative report"
+"""How the ``report.md`` of ``featgeo hamming report`` begins."""
 _CSV = re.compile(r"consolidated_metrics_n(\d+)\.csv")
 
 
@@ -252,7 +257,12 @@ def read_stage3(stage3_dir: str | os.PathLike, csvs: Mapping[int, Path]) -> dict
         settings = info["settings"]
         rows = list(settings["rows"])
         shas = {int(n): str(sha) for n, sha in settings["stage1_csv_sha256"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except KeyError as exc:
+        raise InputError(
+            f"--stage3-dir '{folder}': {STAGE3_FILE} lacks its {exc.args[0]!r} entry; rerun "
+            "`featgeo aanet stage3 ... --force`"
+        ) from None
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise InputError(
             f"--stage3-dir '{folder}': {STAGE3_FILE} is not readable ({exc}); rerun "
             "`featgeo aanet stage3 ... --force`"
@@ -301,18 +311,33 @@ def _stage3_model(info: Mapping[str, Any], stage1_dir: Path) -> str:
 
 
 class _Pieces:
-    """Token id -> its text, decoded one id at a time (what a reader sees of each token)."""
+    """A chunk's token ids -> one text piece per token (what a reader sees of each token), so
+    that a trigger's position indexes its piece."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self.vocab_size = len(tokenizer)
         self.cache: dict[int, str] = {}
 
-    def __call__(self, ids: Iterable[int]) -> list[str]:
+    def __call__(self, ids: list[int]) -> list[str]:
         out = []
         for i in ids:
             if i not in self.cache:
-                self.cache[i] = self.tokenizer.decode([int(i)])
+                self.cache[i] = self.tokenizer.decode([i])
             out.append(self.cache[i])
+        # A character split over several byte-level tokens decodes to U+FFFD token by token:
+        # the run of tokens that completes it is decoded together, its text given to the
+        # run's first token (the pieces still join to the chunk's text).
+        i = 0
+        while i < len(out):
+            if "\ufffd" in out[i]:
+                for j in range(i + 2, min(i + 4, len(out)) + 1):
+                    text = self.tokenizer.decode(ids[i:j])
+                    if "\ufffd" not in text:
+                        out[i:j] = [text] + [""] * (j - i - 1)
+                        i = j - 1
+                        break
+            i += 1
         return out
 
 
@@ -324,7 +349,8 @@ def vertex_samples(base: Path, pieces: _Pieces, shown: int) -> dict[str, Any]:
     Raises:
         FileNotFoundError: the cluster's ``_vertex_samples.jsonl`` or ``_vertex_stats.json``
             is missing.
-        ValueError: a record that is not one of Stage 3's.
+        ValueError: a record that is not one of Stage 3's, a token id outside the tokenizer's
+            vocabulary, or records that disagree with ``_vertex_stats.json``'s counts.
     """
     from featgeo.archetypes.stage3 import top_trigger_words
 
@@ -348,11 +374,12 @@ def vertex_samples(base: Path, pieces: _Pieces, shown: int) -> dict[str, Any]:
                     {"position": int(t["position"]), "distance": _num(t["distance"], 4)}
                     for t in record["triggers"]
                 ]
+                ids = [int(t) for t in record["token_ids"]]
                 entry = {
                     "document": str(record["document"]),
                     "doc_index": int(record["doc_index"]),
                     "chunk_index": int(record["chunk_index"]),
-                    "token_ids": [int(t) for t in record["token_ids"]],
+                    "token_ids": ids,
                     "triggers": triggers,
                     "nearest": min(t["distance"] for t in triggers),
                 }
@@ -362,11 +389,24 @@ def vertex_samples(base: Path, pieces: _Pieces, shown: int) -> dict[str, Any]:
                     f"line {number} of '{samples}' is not a vertex-sample record ({exc}); rerun "
                     "`featgeo aanet stage3 ... --force`"
                 ) from None
+            bad = [t for t in ids if not 0 <= t < pieces.vocab_size]
+            if bad:
+                raise ValueError(
+                    f"line {number} of '{samples}' has token id {bad[0]}, outside the "
+                    f"vocabulary ({pieces.vocab_size} tokens) of the tokenizer that made the run; "
+                    "rerun `featgeo aanet stage3 ... --force`"
+                )
     words = top_trigger_words(samples)
     vertices = []
     for v in stats.get("vertices", []):
         index = int(v["vertex"])
         records = sorted(by_vertex.get(index, []), key=lambda r: r["nearest"])
+        if len(records) != int(v.get("records", -1)):
+            raise ValueError(
+                f"'{samples}' holds {len(records)} records of vertex {index} but "
+                f"'{stats_path.name}' counts {v.get('records')}; the run is damaged, rerun "
+                "`featgeo aanet stage3 ... --force`"
+            )
         kept = records[:shown] if shown else records
         for r in kept:
             r["pieces"] = pieces(r.pop("token_ids"))
@@ -375,6 +415,7 @@ def vertex_samples(base: Path, pieces: _Pieces, shown: int) -> dict[str, Any]:
                 "vertex": index,
                 "triggers": int(v.get("triggers", 0)),
                 "records": len(records),
+                "record_triggers": sum(len(r["triggers"]) for r in records),
                 "quota_met": bool(v.get("quota_met")),
                 "top_words": [[w, int(c)] for w, c in words.get(index, [])],
                 "samples": kept,
@@ -398,6 +439,11 @@ def sparsity_body(report_dir: str | os.PathLike) -> str:
         raise FileNotFoundError(
             f"--sparsity-report '{folder}' is not a featgeo report (no report.html and "
             "report.md); pass the folder of `featgeo hamming report --out DIR`"
+        )
+    if not (folder / "report.md").read_text(encoding="utf-8").startswith(REPORT_TITLE):
+        raise InputError(
+            f"--sparsity-report '{folder}': report.md is not one of `featgeo hamming report` "
+            "(its title differs); pass the --out folder of `featgeo hamming report`"
         )
     text = page.read_text(encoding="utf-8")
     match = re.search(r"<body>(.*)</body>", text, re.S)
@@ -488,13 +534,19 @@ def build_review(
             "nothing to review: pass --stage1-dir (the AANet page) and/or --sparsity-report "
             "(the sparsity page)"
         )
+    given = {"--out": out, "--stage1-dir": stage1_dir, "--stage3-dir": stage3_dir,
+             "--sparsity-report": sparsity_report}  # fmt: skip
+    for option, value in given.items():
+        if value is not None and not str(value).strip():
+            raise ValueError(f"{option} is empty; pass a folder path")
     if isinstance(samples_shown, bool) or not isinstance(samples_shown, int) or samples_shown < 0:
         raise ValueError(f"--samples-shown must be an integer >= 0, got {samples_shown!r}")
     criteria = criteria or SelectionCriteria()
     out = Path(out)
-    check_output_dir(out, "--out", signature=(MARKER,))
+    check_output_dir(out, "--out", signature=(MARKER,), contents=SITE_CONTENTS)
     check_writable_dir(out, "--out")
-    # everything is read and checked before the first write
+    # every input is found and checked before the first write (vertex samples are read while
+    # writing: a broken file then fails the build, and staging_dir leaves no trace of it)
     csvs = stage1_csvs(stage1_dir) if stage1_dir is not None else {}
     stage3 = read_stage3(stage3_dir, csvs) if stage3_dir is not None else None
     report = sparsity_body(sparsity_report) if sparsity_report is not None else None
@@ -531,21 +583,17 @@ def build_review(
         write_text(stage / "index.html", _index(nav, pages, sources, summaries, stage3_keys))
         from featgeo.archetypes.stage1 import versions
 
-        write_text(
+        write_json(
             stage / MARKER,
-            json.dumps(
-                {
-                    **versions(),
-                    **sources,
-                    "pages": result.pages,
-                    "criteria": criteria.to_dict(),
-                    "n_clusters": list(csvs),
-                    "stage3_clusters": stage3_keys,
-                    "samples_shown": samples_shown,
-                },
-                indent=2,
-            )
-            + "\n",
+            {
+                **versions(),
+                **sources,
+                "pages": result.pages,
+                "criteria": criteria.to_dict(),
+                "n_clusters": list(csvs),
+                "stage3_clusters": stage3_keys,
+                "samples_shown": samples_shown,
+            },
         )
     return result
 
@@ -608,13 +656,14 @@ def _index(nav, pages, sources, summaries, stage3_keys) -> str:
     if stage3_keys:
         facts.append(f"<li>{len(stage3_keys)} clusters with Stage 3 results</li>")
     made = "".join(
-        f"<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>"
+        f"<li>{html.escape(k)}: <code>{html.escape(str(Path(v).resolve()))}</code></li>"
         for k, v in sources.items()
         if v is not None
     )
+    contents = f'<h2>Contents</h2>\n<ul>{"".join(facts)}</ul>\n' if facts else ""
     body = (
-        f'<ul class="pages">{"".join(items)}</ul>\n<h2>Contents</h2>\n<ul>{"".join(facts)}</ul>'
-        f"\n<h2>Built from</h2>\n<ul>{made}</ul>\n"
+        f'<ul class="pages">{"".join(items)}</ul>\n{contents}'
+        f"<h2>Built from</h2>\n<ul>{made}</ul>\n"
         '<p class="note">Opens from disk: no server, no network. plotly.js is vendored in '
         "<code>vendor/</code> with its licence.</p>"
     )

@@ -110,7 +110,10 @@ def train_sae(
         )
     out = Path(out)
     # --force replaces an SAE trained with other settings, never a folder of other files.
-    check_output_dir(out, "--out", signature=("cfg.json", TRAINING_FILENAME))
+    check_output_dir(
+        out, "--out", signature=("cfg.json", TRAINING_FILENAME),
+        contents=("cfg.json", "sae_weights.safetensors", "*.json"),
+    )  # fmt: skip
     torch_device = resolve_device(device)
     resolved = resolve_model(model)
     corpus_data = load_corpus(corpus)

@@ -321,7 +321,10 @@ def run_scan(
     jobs = discover_matrices(config.matrices_dir, config.methods)  # validates before writing
     start = time.perf_counter()
     final = Path(config.out)
-    check_output_dir(final, "--out", signature=(CSV_NAME, CONFIG_NAME))
+    check_output_dir(
+        final, "--out", signature=(CSV_NAME, CONFIG_NAME),
+        contents=(CSV_NAME, CONFIG_NAME, "heatmap_*.png"),
+    )  # fmt: skip
     done = _resumable_rows(partial_dir(final), config.settings())
     rows = {job.key: done[job.key] for job in jobs if job.key in done}
     resumed = len(rows)

@@ -295,7 +295,10 @@ def _load(config: SeedsConfig) -> LoadedMatrix:
 
 def _check_output_dir(out: Path) -> None:
     """Refuse to replace a folder that is not a finished tree of this command."""
-    check_output_dir(out, "--output-dir", signature=("summary/metrics_summary.json",))
+    check_output_dir(
+        out, "--output-dir", signature=("summary/metrics_summary.json",),
+        contents=("summary", "seed_*"),
+    )  # fmt: skip
 
 
 def _mask_digest(masks: np.ndarray) -> str:

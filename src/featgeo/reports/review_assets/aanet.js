@@ -30,6 +30,11 @@
     return node;
   }
   function fmt(x, digits) { return x === null || x === undefined ? "–" : (+x).toPrecision(digits || 3); }
+  /* Whitespace made visible (a newline or space trigger would otherwise show as nothing). */
+  function visible(text) {
+    if (/\S/.test(text)) return text;
+    return text.replace(/\n/g, "↵").replace(/\t/g, "⇥").replace(/ /g, "␣") || "∅";
+  }
   function catOf(c) { return c.failed_filters.length ? "filtered" : (c.category || "none"); }
   function byId(id) { return document.getElementById(id); }
 
@@ -43,6 +48,12 @@
     parts.push(label);
     return el("label", {"for": id}, parts);
   }
+  var cr = R.criteria, f = cr.filters;
+  byId("criteria").textContent = "Categories over the clusters passing the quality filters (at least " +
+    f.min_latents + " latents, both curves " + (f.require_monotonic ? "monotonic to their elbow and " : "") +
+    "falling at least " + f.min_pct_decrease + "%, elbow ks at most " + f.max_k_differential +
+    " apart): A above mu + " + cr.sigma_a + " sigma on both axes, B / C above mu + " + cr.sigma_bc +
+    " sigma, D equal elbow ks and both above mu.";
   R.n_clusters.forEach(function (n) {
     byId("filter-n-boxes").appendChild(checkbox("filter-n-" + n, String(n)));
   });
@@ -139,7 +150,9 @@
       return sb - sa || a[0] - b[0] || a[1].id - b[1].id;
     });
     var total = R.summaries.reduce(function (acc, s) { return acc + s.clusters.length; }, 0);
-    byId("visible-count").textContent = rows.length + " of " + total + " clusters shown";
+    var lo = byId("filter-rank-min").value, hi = byId("filter-rank-max").value;
+    byId("visible-count").textContent = rows.length + " of " + total + " clusters shown" +
+      (lo !== "" && hi !== "" && +lo > +hi ? " (decoder rank min > max)" : "");
     var limit = 500;
     var body = el("tbody", {}, rows.slice(0, limit).map(function (r) {
       var c = r[1];
@@ -263,7 +276,8 @@
       if (gap) { flush(); text.appendChild(el("span", {"class": "gap"}, [" … "])); gap = false; }
       if (marks.hasOwnProperty(i)) {
         flush();
-        text.appendChild(el("span", {"class": "trigger", title: "token " + i + ", distance to the vertex " + marks[i]}, [piece]));
+        var shown = /\S/.test(piece) ? piece : visible(piece) + (piece.indexOf("\n") >= 0 ? "\n" : "");
+        text.appendChild(el("span", {"class": "trigger", title: "token " + i + ", distance to the vertex " + marks[i]}, [shown]));
       } else {
         plain += piece;
       }
@@ -301,11 +315,12 @@
         "nearest first; trigger tokens highlighted with " + CONTEXT + " tokens of context."])
     ]);
     vs.vertices.forEach(function (v) {
-      var words = v.top_words.map(function (w) { return w[0] + " (" + w[1] + ")"; }).join(", ");
+      var words = v.top_words.map(function (w) { return visible(w[0]) + " (" + w[1] + ")"; }).join(", ");
       var node = el("div", {"class": "vertex", "data-vertex": String(v.vertex)}, [
         el("h3", {}, ["Vertex " + v.vertex]),
-        el("p", {"class": "words"}, [v.triggers + " trigger tokens in " + v.records + " chunks" +
-          (words ? "; commonest trigger words: " + words : "")])
+        el("p", {"class": "words"}, [v.triggers + " trigger tokens seen in the scan; " + v.records +
+          " chunks kept, holding " + v.record_triggers + " of them" +
+          (words ? "; commonest trigger words in the kept chunks: " + words : "")])
       ]);
       v.samples.forEach(function (s) { node.appendChild(sampleNode(s)); });
       if (!v.samples.length) node.appendChild(el("p", {"class": "note"}, ["No token came this close to the vertex."]));
