@@ -915,3 +915,25 @@ def test_a_report_of_another_tool_and_empty_paths(review_inputs, tmp_path):
     result = runner.invoke(app, review("--stage1-dir", review_inputs["stage1"],
                                        "--stage3-dir", lacking, "--out", out))  # fmt: skip
     one_line_error(result, "stage3.json lacks its 'stage1_csv_sha256' entry")
+
+
+def test_the_tokenizer_model_of_a_stage3_run(tmp_path):
+    """stage3.json's ``model``; for runs written before it was recorded, Stage 1's ``model``
+    setting, then the SAE's ``model_name`` (either cfg.json layout), then the embedded model."""
+    from featgeo.reports.review import _stage3_model
+
+    stage1 = tmp_path / "stage1"
+    stage1.mkdir()
+    sae = tmp_path / "sae"
+    sae.mkdir()
+    info = {"model": "m-recorded", "sae": str(sae)}
+    assert _stage3_model(info, stage1) == "m-recorded"
+    del info["model"]
+    assert _stage3_model(info, stage1) == "embedded"  # nothing recorded anywhere
+    cfg = {"d_in": 8, "d_sae": 16, "metadata": {"model_name": "m-sae", "hook_name": "h"}}
+    (sae / "cfg.json").write_text(json.dumps(cfg))
+    assert _stage3_model(info, stage1) == "m-sae"
+    (sae / "cfg.json").write_text(json.dumps({"d_in": 8, "d_sae": 16, "model_name": "m-flat"}))
+    assert _stage3_model(info, stage1) == "m-flat"
+    (stage1 / "stage1.json").write_text(json.dumps({"settings": {"model": "m-stage1"}}))
+    assert _stage3_model(info, stage1) == "m-stage1"

@@ -59,6 +59,7 @@ from featgeo.archetypes.stage1_files import (
     check_save_dir,
     check_settings,
     csv_name,
+    curves_name,
     read_record,
     read_unit,
     remove_run,
@@ -79,10 +80,6 @@ from featgeo.files import (
 from featgeo.latents.run import check_live_n_clusters
 
 log = logging.getLogger(__name__)
-
-
-def curves_name(n: int) -> str:
-    return f"training_curves_n{n}.jsonl"
 
 
 def model_name(cluster_id: int, k: int) -> str:

@@ -37,6 +37,10 @@ def csv_name(n: int) -> str:
     return f"consolidated_metrics_n{n}.csv"
 
 
+def curves_name(n: int) -> str:
+    return f"training_curves_n{n}.jsonl"
+
+
 def check_save_dir(save_dir: Path, n_clusters: tuple[int, ...]) -> None:
     """Refuse a save dir that is a file, lies under one, cannot be written, or whose
     ``clusters_{n}`` folders hold files Stage 1 did not write."""
@@ -46,7 +50,7 @@ def check_save_dir(save_dir: Path, n_clusters: tuple[int, ...]) -> None:
     for n in n_clusters:
         check_output_dir(
             save_dir / f"clusters_{n}", "--save-dir", signature=(csv_name(n),),
-            contents=(csv_name(n), f"training_curves_n{n}.jsonl", "plots", "aanet_cluster_*.pt"),
+            contents=(csv_name(n), curves_name(n), "plots", "aanet_cluster_*.pt"),
         )  # fmt: skip
 
 

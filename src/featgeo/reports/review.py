@@ -208,7 +208,9 @@ def training_curves(csv_path: Path, n: int) -> dict[int, dict[int, dict[str, lis
     Raises:
         ValueError: a line that is not a curve record.
     """
-    path = csv_path.with_name(f"training_curves_n{n}.jsonl")
+    from featgeo.archetypes.stage1_files import curves_name
+
+    path = csv_path.with_name(curves_name(n))
     curves: dict[int, dict[int, dict[str, list]]] = {}
     if not path.is_file():
         return curves
@@ -301,11 +303,12 @@ def _stage3_model(info: Mapping[str, Any], stage1_dir: Path) -> str:
         model = None
     if model:
         return str(model)
+    from featgeo.sae.config import SAEConfig
+
     cfg = Path(str(info.get("sae", ""))) / "cfg.json"
     try:
-        data = read_json(cfg) if cfg.is_file() else {}
-        model = data.get("model_name") or (data.get("metadata") or {}).get("model_name")
-    except (OSError, ValueError, AttributeError):
+        model = SAEConfig.from_saelens_cfg(read_json(cfg)).model_name if cfg.is_file() else None
+    except (OSError, ValueError, TypeError):
         model = None
     return str(model or "embedded")
 
@@ -456,13 +459,18 @@ def sparsity_body(report_dir: str | os.PathLike) -> str:
 
 
 # -- writing -------------------------------------------------------------------------------------
-def to_js(name: str, value: Any) -> str:
-    """``window.NAME = <JSON>;`` with ``<`` and the JS line separators escaped, so that no
-    text of the corpus can end a script or be read as markup."""
+def js_literal(value: Any) -> str:
+    """``value`` as a JSON literal for a script, with ``<`` and the JS line separators
+    escaped, so that no text of the corpus can end a script or be read as markup."""
     text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     for raw, escaped in (("<", "\\u003c"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(raw, escaped)
-    return f"window.{name} = {text};\n"
+    return text
+
+
+def to_js(name: str, value: Any) -> str:
+    """``window.NAME = <JSON>;`` (see :func:`js_literal`)."""
+    return f"window.{name} = {js_literal(value)};\n"
 
 
 def _plotly_files() -> tuple[Path, Path]:
@@ -618,9 +626,7 @@ def _write_aanet(stage, nav, summaries, csvs, stage3, pieces, shown, criteria) -
                     detail["vertex_samples"] = vertex_samples(s3[key]["base"], pieces, shown)
             write_text(
                 stage / "data" / "clusters" / f"n{n}" / f"c{entry['id']}.js",
-                f"featgeoReview.clusterLoaded({n}, {entry['id']}, "
-                + to_js("_", detail)[len("window._ = ") : -2]
-                + ");\n",
+                f"featgeoReview.clusterLoaded({n}, {entry['id']}, {js_literal(detail)});\n",
             )
     meta = {
         "criteria": criteria.to_dict(),
@@ -679,6 +685,7 @@ __all__ = [
     "read_stage3",
     "sparsity_body",
     "stage1_csvs",
+    "js_literal",
     "to_js",
     "training_curves",
     "vertex_samples",
