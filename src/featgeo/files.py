@@ -231,6 +231,117 @@ def save_tensor(path: str | os.PathLike, tensor: torch.Tensor) -> Path:
     return Path(path)
 
 
+# --- bit-packed masks (``featgeo prune --export masks``) ---------------------------------------
+# A pruned matrix's mask W != 0 in 1/8 of the bytes of a bool tensor (1/32 of float32):
+# {root}/{method}/layer{L}-{component}.mask.safetensors, read by
+# ``featgeo.sparsity.matrices.load_matrix``.
+PACKED_MASK_FORMAT = "featgeo-packed-mask"
+PACKED_MASK_VERSION = "1"
+PACKED_MASK_TENSOR = "packed_mask"
+PACKED_MASK_SUFFIX = ".mask.safetensors"
+PACKED_MASK_MEANING = "bit set = weight kept (W != 0)"
+
+
+def packed_mask_metadata(out_features: int, in_features: int) -> dict[str, str]:
+    """The safetensors metadata of a packed mask of an [out_features, in_features] matrix."""
+    return {
+        "format": PACKED_MASK_FORMAT,
+        "version": PACKED_MASK_VERSION,
+        "shape": f"{int(out_features)},{int(in_features)}",
+        "bitorder": "little",
+        "meaning": PACKED_MASK_MEANING,
+    }
+
+
+def pack_mask(kept: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Pack a keep-mask into bits: 8 input columns per byte, least significant bit first.
+
+    Works on the tensor's device (CUDA too) with integer bit operations; the only copy is one
+    uint8 byte per weight, never a float.
+
+    Args:
+        kept: [out, in] bool, True where the weight is kept (``W != 0``); a torch tensor on
+            any device or a numpy array.
+
+    Returns:
+        [out, ceil(in / 8)] uint8 on ``kept``'s device, equal to
+        ``np.packbits(kept, axis=1, bitorder="little")``: bit j of byte b of row r is
+        ``kept[r, 8 * b + j]``; the padding bits of each row's last byte are 0.
+
+    Raises:
+        TypeError: ``kept`` is not a bool torch tensor or numpy array.
+        ValueError: ``kept`` is not 2-D.
+    """
+    if isinstance(kept, np.ndarray):
+        if kept.dtype != np.bool_:
+            raise TypeError(
+                f"kept must be a bool mask, got a numpy array of dtype {kept.dtype}; pass W != 0"
+            )
+        kept = torch.from_numpy(np.ascontiguousarray(kept))  # no copy for a C-ordered array
+    if not isinstance(kept, torch.Tensor):
+        raise TypeError(f"kept must be a bool torch tensor or numpy array, got {type(kept)}")
+    if kept.dtype != torch.bool:
+        raise TypeError(f"kept must be a bool mask, got dtype {kept.dtype}; pass W != 0")
+    if kept.ndim != 2:
+        raise ValueError(f"kept must be 2-D [out, in], got shape {tuple(kept.shape)}")
+    rows, cols = kept.shape
+    n_bytes = -(-cols // 8)
+    bits = torch.zeros((rows, n_bytes * 8), dtype=torch.uint8, device=kept.device)
+    bits[:, :cols] = kept  # the padding columns stay 0
+    bits = bits.view(rows, n_bytes, 8)  # [out, bytes, 8]: column 8*b + j -> [b, j]
+    packed = bits[:, :, 0].clone()
+    for j in range(1, 8):
+        packed |= bits[:, :, j] << j  # bitorder "little": column 8*b + j is bit j (value 2**j)
+    return packed
+
+
+def save_packed_mask(path: str | os.PathLike, kept: torch.Tensor | np.ndarray) -> Path:
+    """Write a pruned matrix's mask as a featgeo packed mask (the bits, not the weights).
+
+    The file is a safetensors file with exactly one uint8 tensor ``packed_mask``
+    [out, ceil(in / 8)] = ``np.packbits(kept, axis=1, bitorder="little")`` and the metadata
+    :func:`packed_mask_metadata` (format, version, shape ``"OUT,IN"``, bitorder, meaning).
+    The export layout names it ``{root}/{method}/layer{L}-{component}.mask.safetensors``.
+
+    Args:
+        path: where to write; must end with ``.safetensors`` (``.mask.safetensors`` in an
+            export folder).
+        kept: [out, in] bool in nn.Linear layout, True where the weight is kept (``W != 0``);
+            a torch tensor (CPU or CUDA: packed there, only the packed bytes move) or a numpy
+            array.
+
+    Raises:
+        TypeError / ValueError: see :func:`pack_mask`; ValueError for another suffix.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if not path.name.lower().endswith(".safetensors"):
+        raise ValueError(
+            f"packed mask path '{path}' must end with .safetensors (an export names it "
+            f"layer{{L}}-{{component}}{PACKED_MASK_SUFFIX})"
+        )
+    packed = pack_mask(kept).cpu().contiguous()  # [out, ceil(in / 8)] uint8
+    metadata = packed_mask_metadata(*kept.shape)
+    with atomic_path(path) as tmp:
+        save_file({PACKED_MASK_TENSOR: packed}, str(tmp), metadata=metadata)
+    return path
+
+
+def save_safetensors(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Save named tensors as one safetensors file (what ``from_pretrained`` reads)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
 def save_torch_dict(path: str | os.PathLike, obj: dict[str, Any]) -> Path:
     """Save a dict of tensors, lists and JSON scalars that ``torch.load(..., weights_only=True)``
     reads back (no pickled classes)."""

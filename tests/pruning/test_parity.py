@@ -132,7 +132,12 @@ def by_mask(rule):
 
 
 def sparsegpt_engine(weight, x):
-    return SparseGPTPruner(SPARSITY, ties="reference").fit(x).prune(weight)
+    # The driver accumulates the Hessian one calibration window at a time (so that any
+    # micro-batch size sums in the same order); the same order here keeps weights bit-equal.
+    pruner = SparseGPTPruner(SPARSITY, ties="reference")
+    for window in x:
+        pruner.partial_fit(window)
+    return pruner.prune(weight)
 
 
 def load_exports(folder, model) -> dict[tuple[int, str], torch.Tensor]:

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     from featgeo.sparsity.analysis import FeatureAnalysis
     from featgeo.sparsity.executions import MatrixInfo, MultiResult, SingleResult
 
-MATRIX_HELP = "Pruned matrix: .pt (a plain tensor), .safetensors (one tensor) or .npy."
+MATRIX_HELP = (
+    "Pruned matrix: .pt (a plain tensor), .safetensors (one tensor), .npy, or its bit-packed "
+    "mask .mask.safetensors (`featgeo prune --export masks`; not with --cluster-on weights)."
+)
 AXIS_HELP = "columns|rows: a feature is a column of the matrix, or a row."
 CLUSTER_ON_HELP = "masks|weights: run k-means on the binary masks or on the weights."
 MMM_FIT = 0.3  # block coherence above this: a block-skipping sparse kernel fits (SPEC §2)

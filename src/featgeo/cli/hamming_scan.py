@@ -12,7 +12,8 @@ from featgeo.progress import console
 def scan(
     matrices_dir: str = typer.Option(
         "clustering_characterization",
-        help="Export root of `featgeo prune`: {dir}/{method}/layer{L}-{component}.pt.",
+        help="Export root of `featgeo prune`: {dir}/{method}/layer{L}-{component}.pt or "
+        "(bit-packed masks) .mask.safetensors; the .pt when both exist.",
     ),
     methods: str = typer.Option("wanda,sparsegpt", help="Method folders to scan, comma separated."),
     out: str = typer.Option("results/scan", help="Output folder."),

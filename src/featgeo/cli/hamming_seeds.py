@@ -61,7 +61,8 @@ def seeds(
     matrices_dir: str = typer.Option(
         "clustering_characterization",
         "--matrices-dir",
-        help="Export root of `featgeo prune`: {dir}/{method}/layer{L}-{component}.pt.",
+        help="Export root of `featgeo prune`: {dir}/{method}/layer{L}-{component}.pt or "
+        "(bit-packed masks) .mask.safetensors; the .pt when both exist.",
     ),
     output_dir: str = typer.Option(
         None,

@@ -51,6 +51,18 @@ def prune(
         32, help="Evaluation windows for perplexity (0: whole split)."
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    dtype: str = typer.Option(
+        "auto", help="auto (checkpoint dtype on CUDA, float32 on CPU), float32, bfloat16, float16."
+    ),
+    offload: str = typer.Option(
+        "auto", help="layer (one decoder layer on the device at a time), none, or auto."
+    ),
+    calib_batch_size: int = typer.Option(
+        None, help="Calibration windows per micro-batch (default: 16384 tokens' worth)."
+    ),
+    export: str = typer.Option(
+        "dense", help="dense (matrices in the model dtype), masks (bit-packed), or none."
+    ),
     save_model: bool = typer.Option(False, help="Also save each pruned model as an HF folder."),
     force: bool = typer.Option(False, help="Redo methods that already have a finished run."),
 ) -> None:
@@ -75,6 +87,10 @@ def prune(
         corpus=corpus,
         eval_windows=eval_windows or None,
         device=device,
+        dtype=dtype,
+        offload=offload,
+        calib_batch_size=calib_batch_size,
+        export=export,
         save_model=save_model,
         force=force,
     )

@@ -44,13 +44,19 @@ LAYER_PATHS: tuple[str, ...] = (
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks of a causal LM, found at one of :data:`LAYER_PATHS`."""
+    return model.get_submodule(decoder_layers_path(model))
+
+
+def decoder_layers_path(model: nn.Module) -> str:
+    """Where ``model`` keeps its decoder blocks: the first of :data:`LAYER_PATHS` that holds a
+    non-empty ``nn.ModuleList``. Raises ValueError naming the supported layouts otherwise."""
     for path in LAYER_PATHS:
         try:
             layers = model.get_submodule(path)
         except AttributeError:
             continue
         if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-            return layers
+            return path
     raise ValueError(
         f"model: {type(model).__name__} keeps no decoder blocks at any of "
         f"{', '.join(LAYER_PATHS)}; featgeo reads decoder-only causal LMs laid out like "

@@ -61,6 +61,17 @@ def resolve_model(spec: str | os.PathLike = EMBEDDED) -> ResolvedModel:
     return ResolvedModel(spec, _hub_source(spec), "hub")
 
 
+def local_model_folder(resolved: ResolvedModel) -> Path | None:
+    """The local folder holding a resolved model's files: the folder itself, or a hub id's
+    snapshot in the local Hugging Face cache; None when there is none (download first)."""
+    if resolved.kind != "hub":
+        return Path(resolved.source)
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(resolved.source, "config.json")
+    return Path(config).parent if isinstance(config, str) else None
+
+
 def _check_config_json(path: Path, spec: str) -> None:
     """A local model's config.json must be a JSON object (transformers would raise OSError)."""
     try:

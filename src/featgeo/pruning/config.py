@@ -5,9 +5,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from featgeo.models.streaming import parse_dtype
 from featgeo.pruning.base import get_pruner
 from featgeo.pruning.masks import TIES, Ties, parse_nm
 from featgeo.pruning.sequential import ORDERS, Order
+
+OFFLOADS = ("auto", "none", "layer")
+EXPORTS = ("dense", "masks", "none")
+AUTO_CALIB_TOKENS = 16384
+"""Tokens per calibration micro-batch when --calib-batch-size is not given: 8 windows of 2048
+(the papers' setting runs in 16 micro-batches), the whole default embedded run in one."""
 
 
 @dataclass
@@ -50,12 +57,36 @@ class PruneConfig:
     """At most this many evaluation windows (None or 0: the whole split)."""
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     """Where the heavy work runs."""
+    dtype: str = "auto"
+    """Weights and hidden states: auto (the checkpoint's dtype on CUDA, float32 on CPU),
+    float32, bfloat16 or float16. Pruning statistics are accumulated in float32 whatever it is."""
+    offload: str = "auto"
+    """'layer': one decoder layer on the device at a time, read from the safetensors files;
+    'none': the whole model on the device; 'auto': 'layer' when the model has safetensors."""
+    calib_batch_size: int | None = None
+    """Calibration windows per micro-batch through a layer (statistics accumulated over all);
+    None: as many windows as hold :data:`AUTO_CALIB_TOKENS` tokens."""
+    export: str = "dense"
+    """'dense': each pruned matrix in the model's dtype (layer{L}-{component}.pt); 'masks':
+    bit-packed masks (layer{L}-{component}.mask.safetensors); 'none': no matrix files."""
     save_model: bool = False
     """Also save each pruned model as a Hugging Face folder {out}/{method}/model."""
     force: bool = False
     """Redo a method even when {out}/{method} holds a finished run with the same settings."""
 
     def __post_init__(self) -> None:
+        parse_dtype(self.dtype)
+        for name, value, choices in (
+            ("offload", self.offload, OFFLOADS),
+            ("export", self.export, EXPORTS),
+        ):
+            if value not in choices:
+                raise ValueError(f"--{name} must be one of {', '.join(choices)}, got '{value}'")
+        if self.calib_batch_size is not None and self.calib_batch_size < 1:
+            raise ValueError(
+                f"--calib-batch-size must be >= 1 (windows per micro-batch), got "
+                f"{self.calib_batch_size}"
+            )
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
         if not self.methods:
@@ -92,6 +123,12 @@ class PruneConfig:
             )
         if self.eval_windows == 0:  # as on the command line: 0 means the whole split
             self.eval_windows = None
+
+    def resolved_calib_batch_size(self) -> int:
+        """Windows per micro-batch: the option, or as many as hold AUTO_CALIB_TOKENS tokens."""
+        if self.calib_batch_size is not None:
+            return min(self.calib_batch_size, self.calib_samples)
+        return max(1, min(self.calib_samples, AUTO_CALIB_TOKENS // self.seqlen))
 
     @property
     def nm_pattern(self) -> tuple[int, int] | None:

@@ -1,15 +1,24 @@
 """``featgeo prune``: validate, prune each method from the dense model, export, evaluate.
 
 Every input is validated before anything is written. Each method is built in a hidden staging
-folder ``{out}/.{method}.partial`` that is swapped into ``{out}/{method}`` only when complete;
-an interrupted run leaves the staging folder with a checkpoint (pruned layers so far and the
-hidden states entering the next layer), and the same command resumes from there.
+folder ``{out}/.{method}.partial`` that is swapped into ``{out}/{method}`` only when complete.
+
+One pass over the decoder layers does everything for a method: each layer is loaded (the whole
+model stays on the device with ``--offload none``; with ``--offload layer`` one layer at a time
+is read from the safetensors files), pruned on the calibration hidden states (in micro-batches
+of ``--calib-batch-size`` windows), and the evaluation windows go through it too (through the
+dense layer first when the dense perplexity is not cached yet), so perplexity needs no second
+pass over the weights. An interrupted run leaves the staging folder with a checkpoint (the
+layer to continue at and the hidden states entering it), and the same command resumes from
+there. Checkpoints of the hidden states are spaced so that writing them costs at most
+:data:`CHECKPOINT_COST_SHARE` of the run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import resource
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,11 +30,15 @@ from torch import nn
 from featgeo import __version__
 from featgeo.corpus.windows import calibration_windows, eval_windows, split_tokens
 from featgeo.files import (
+    PACKED_MASK_SUFFIX,
     check_output_dir,
     partial_dir,
     read_json,
     replace_dir,
+    save_packed_mask,
+    save_safetensors,
     save_tensor,
+    save_torch_dict,
     write_json,
 )
 from featgeo.models import (
@@ -37,8 +50,22 @@ from featgeo.models import (
     parse_components,
     parse_layers,
 )
-from featgeo.models.loading import load_tokenizer, model_fingerprint, resolve_device, resolve_model
-from featgeo.models.perplexity import perplexity
+from featgeo.models.components import decoder_layers_path
+from featgeo.models.loading import (
+    load_tokenizer,
+    local_model_folder,
+    model_fingerprint,
+    resolve_device,
+    resolve_model,
+)
+from featgeo.models.perplexity import perplexity_of_last_layer
+from featgeo.models.streaming import (
+    SafetensorsCheckpoint,
+    StreamedModel,
+    StreamingUnsupportedError,
+    resolve_dtype,
+    tensor_names,
+)
 from featgeo.progress import progress_bar
 from featgeo.pruning.base import get_pruner
 from featgeo.pruning.config import PruneConfig
@@ -55,11 +82,36 @@ log = logging.getLogger(__name__)
 SUMMARY = "prune_summary.json"
 STATE = "resume_state.json"
 HIDDEN = "resume_hidden.pt"
+MODEL_DIR = "model"
 CHECKPOINT_EVERY_S = 15.0
+CHECKPOINT_COST_SHARE = 0.05
+"""Hidden-state checkpoints are at least ``seconds to write one / this`` apart, so that on a
+large run (GBs of hidden states) they never take more than about 5% of the time."""
 
 
 def matrix_filename(layer: int, component: str) -> str:
     return f"layer{layer}-{component}.pt"
+
+
+def mask_filename(layer: int, component: str) -> str:
+    return f"layer{layer}-{component}{PACKED_MASK_SUFFIX}"
+
+
+class InMemoryModel:
+    """The whole model on the device (``--offload none``); same interface as StreamedModel."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @property
+    def n_layers(self) -> int:
+        return len(decoder_layers(self.model))
+
+    def layer(self, index: int) -> nn.Module:
+        return decoder_layers(self.model)[index]
+
+    def release(self, index: int) -> None:
+        pass
 
 
 @dataclass
@@ -68,7 +120,12 @@ class PreparedRun:
 
     config: PruneConfig
     model_source: str
-    model: nn.Module
+    source: InMemoryModel | StreamedModel
+    """The model to prune: wholly on the device, or streamed layer by layer."""
+    checkpoint: SafetensorsCheckpoint | None
+    dtype: torch.dtype
+    offload: str
+    """``none`` or ``layer`` (``auto`` resolved)."""
     tokenizer: object
     device: torch.device
     layers: list[int]
@@ -76,7 +133,12 @@ class PreparedRun:
     calib_ids: torch.Tensor  # [calib_samples, seqlen]
     eval_ids: torch.Tensor  # [n_windows, seqlen]
     corpus_fingerprint: str
+    calib_batch_size: int
     seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.source.model
 
 
 @dataclass
@@ -105,18 +167,38 @@ def prepare(config: PruneConfig) -> PreparedRun:
     for method in config.methods:
         check_output_dir(
             Path(config.out) / method, f"--out (its '{method}' folder)", signature=(SUMMARY,),
-            contents=(SUMMARY, "layer*.pt"),
+            contents=(SUMMARY, "layer*.pt", f"layer*{PACKED_MASK_SUFFIX}", MODEL_DIR),
         )  # fmt: skip
     device = resolve_device(config.device)
     resolved = resolve_model(config.model)
-    model = load_model(config.model, device=device)
-    n_layers = len(decoder_layers(model))
+    folder = local_model_folder(resolved)
+    checkpoint = None if folder is None else SafetensorsCheckpoint.open(folder, config.model)
+    offload = config.offload
+    if offload == "auto":
+        offload = "layer" if checkpoint is not None else "none"
+    elif offload == "layer" and checkpoint is None:
+        raise ValueError(
+            f"--offload layer reads the model's safetensors files, and '{config.model}' has "
+            "none (a pytorch_model.bin checkpoint, or a hub id not in the local cache); use "
+            "--offload none, or re-save the model with save_pretrained"
+        )
+    dtype = resolve_dtype(config.dtype, checkpoint.dtype() if checkpoint else torch.float32, device)
+    try:
+        source = open_model(config.model, folder, checkpoint, offload, dtype, device)
+    except StreamingUnsupportedError as exc:
+        if config.offload != "auto":
+            raise
+        log.info("%s; loading the whole model instead", exc)
+        offload = "none"
+        source = open_model(config.model, folder, checkpoint, offload, dtype, device)
+    n_layers = source.n_layers
     layers = parse_layers(config.layers, n_layers)
-    components = parse_components(config.components, model_components(model))
+    first = source.layer(0)  # the component checks run block 0
+    components = parse_components(config.components, model_components(source.model))
     nm = config.nm_pattern
     if nm is not None:
         for name in components:
-            cols = get_component(decoder_layers(model)[0], name).in_features
+            cols = get_component(first, name).in_features
             if cols % nm[1]:
                 raise ValueError(
                     f"--nm {config.nm} is impossible for {name}: in_features={cols} "
@@ -136,12 +218,16 @@ def prepare(config: PruneConfig) -> PreparedRun:
         split_tokens(corpus, config.eval_split, tokenizer), config.seqlen, config.eval_windows
     )
     if any(get_pruner(method).needs_inputs for method in config.methods):
-        check_component_inputs(model, components, calib[:1])
+        check_component_inputs(source.model, components, calib[:1])
+    source.release(0)
     t2 = time.perf_counter()
     return PreparedRun(
         config,
         resolved.source,
-        model,
+        source,
+        checkpoint,
+        dtype,
+        offload,
         tokenizer,
         device,
         layers,
@@ -149,8 +235,16 @@ def prepare(config: PruneConfig) -> PreparedRun:
         calib,
         evals,
         corpus.fingerprint,
+        config.resolved_calib_batch_size(),
         seconds={"load_model": t1 - t0, "tokenize": t2 - t1},
     )
+
+
+def open_model(spec, folder, checkpoint, offload, dtype, device) -> InMemoryModel | StreamedModel:
+    """The dense model: streamed from ``checkpoint`` (``offload == "layer"``) or loaded whole."""
+    if offload == "layer":
+        return StreamedModel(folder, checkpoint, spec=spec, dtype=dtype, device=device)
+    return InMemoryModel(load_model(spec, device=device, dtype=dtype))
 
 
 def method_settings(prep: PreparedRun, method: str) -> dict:
@@ -172,7 +266,14 @@ def method_settings(prep: PreparedRun, method: str) -> dict:
         "eval_split": cfg.eval_split,
         "eval_windows": int(prep.eval_ids.shape[0]),
         "save_model": cfg.save_model,
+        "dtype": _dtype_name(prep.dtype),
+        "calib_batch_size": prep.calib_batch_size,
+        "export": cfg.export,
     }
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def run_prune(config: PruneConfig) -> list[MethodResult]:
@@ -180,8 +281,8 @@ def run_prune(config: PruneConfig) -> list[MethodResult]:
     prep = prepare(config)
     out = Path(config.out)
     results: list[MethodResult] = []
-    dense_ppl: float | None = None
-    model_is_dense = True
+    source = prep.source
+    source_is_dense = True
     for method in config.methods:
         settings = method_settings(prep, method)
         finished = _finished_summary(out / method, settings)
@@ -189,11 +290,18 @@ def run_prune(config: PruneConfig) -> list[MethodResult]:
             log.info("%s: reusing the finished run in %s (--force to redo)", method, out / method)
             results.append(_result_from_summary(out / method, finished))
             continue
-        if dense_ppl is None:
-            dense_ppl = _dense_perplexity(prep, out)
-        model = prep.model if model_is_dense else load_model(config.model, device=prep.device)
-        model_is_dense = False
-        results.append(_prune_method(prep, model, method, settings, dense_ppl, out))
+        if not source_is_dense:  # pruning changed the weights held in memory: reload them
+            source = open_model(
+                config.model,
+                local_model_folder(resolve_model(config.model)),
+                prep.checkpoint,
+                prep.offload,
+                prep.dtype,
+                prep.device,
+            )
+        # A streamed model reads every layer afresh from the checkpoint: it stays dense.
+        source_is_dense = prep.offload == "layer"
+        results.append(_prune_method(prep, source, method, settings, out))
     return results
 
 
@@ -218,90 +326,138 @@ def _result_from_summary(folder: Path, summary: dict) -> MethodResult:
     )
 
 
-def _dense_perplexity(prep: PreparedRun, out: Path) -> float:
-    """Dense perplexity, cached under ``out`` so reruns and extra methods skip it."""
+def _dense_cache(prep: PreparedRun, out: Path) -> Path:
+    """Where the dense perplexity of this model, dtype and evaluation set is cached."""
     digest = hashlib.sha256(model_fingerprint(prep.model_source).encode())
+    digest.update(_dtype_name(prep.dtype).encode())
     digest.update(prep.eval_ids.numpy().tobytes())
-    key = digest.hexdigest()[:16]
-    cache = out / f".dense_ppl-{key}.json"
-    if cache.is_file():
-        return read_json(cache)["dense_ppl"]
-    start = time.perf_counter()
-    ppl = perplexity(prep.model, prep.eval_ids, description="dense perplexity")
-    prep.seconds["eval_dense"] = time.perf_counter() - start
-    write_json(cache, {"dense_ppl": ppl, "seconds": prep.seconds["eval_dense"]})
-    return ppl
+    return out / f".dense_ppl-{digest.hexdigest()[:16]}.json"
 
 
-def _load_state(staging: Path, settings: dict) -> dict | None:
+def _load_state(staging: Path, settings: dict, need_dense: bool) -> tuple[dict, dict] | None:
+    """The checkpoint of an interrupted run with these settings: (state, hidden states)."""
     state_file = staging / STATE
     if state_file.is_file():
         state = read_json(state_file)
-        if state.get("settings") == settings:
-            return state
+        try:
+            hidden = torch.load(staging / HIDDEN, weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError):
+            hidden = None
+        usable = (
+            state.get("settings") == settings
+            and isinstance(hidden, dict)
+            and (not need_dense or "dense_eval" in hidden)
+        )
+        if usable:
+            return state, hidden
     if staging.exists():  # a partial run with other settings cannot be resumed
         shutil.rmtree(staging)
     return None
 
 
+class _Clock:
+    """Seconds per phase of a run (``prune``, ``eval_pruned``, ``eval_dense``)."""
+
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds = seconds
+
+    def add(self, phase: str, start: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
 def _prune_method(
-    prep: PreparedRun, model: nn.Module, method: str, settings: dict, dense_ppl: float, out: Path
+    prep: PreparedRun, source, method: str, settings: dict, out: Path
 ) -> MethodResult:
     cfg = prep.config
     final = out / method
     staging = partial_dir(final)
-    state = _load_state(staging, settings)
+    dense_cache = _dense_cache(prep, out)
+    need_dense = not dense_cache.is_file()
+    resumed = _load_state(staging, settings, need_dense)
     staging.mkdir(parents=True, exist_ok=True)
-    layers = decoder_layers(model)
+    model = source.model
     pruner_cls = get_pruner(method)
     make_pruner = lambda: pruner_cls(cfg.target_sparsity, cfg.nm_pattern, cfg.ties)  # noqa: E731
-    start_layer = 0 if state is None else state["next_layer"]
-    # "{layer}-{component}" -> dense zeros / dead inputs, kept in checkpoints for the summary
-    stats: dict[str, dict] = {} if state is None else state.get("matrix_stats", {})
-    seconds = dict(prep.seconds)
-    t0 = time.perf_counter()
+    state, saved = resumed if resumed is not None else ({}, {})
+    start_layer = state.get("next_layer", 0)
+    # "{layer}-{component}" -> zeros, shape, dense zeros, dead inputs (kept in checkpoints)
+    stats: dict[str, dict] = state.get("matrix_stats", {})
+    clock = _Clock(dict(prep.seconds, **state.get("seconds", {})))
+    if prep.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(prep.device)
 
     last = max(prep.layers)
-    inputs = None
+    batch = prep.calib_batch_size
+    calib = None
     if pruner_cls.needs_inputs and start_layer <= last:
-        inputs = capture_layer0_inputs(model, prep.calib_ids)
-        if state is not None:
-            inputs.hidden = torch.load(staging / HIDDEN, weights_only=True).to(prep.device)
-    for index in (i for i in prep.layers if i < start_layer):  # restore finished layers
-        for name in prep.components:
-            saved = torch.load(staging / matrix_filename(index, name), weights_only=True)
-            get_component(layers[index], name).weight.data.copy_(saved)
-    if state is not None:
+        calib = _inputs(model, prep.calib_ids, batch, saved.get("calib"))
+    evals = _inputs(model, prep.eval_ids, batch, saved.get("eval"))
+    dense = _inputs(model, prep.eval_ids, batch, saved.get("dense_eval")) if need_dense else None
+    if resumed is not None:
         log.info("%s: resuming at layer %d from %s", method, start_layer, staging)
 
-    last_checkpoint = time.perf_counter()
+    writes = {"checkpoints": state.get("checkpoint_bytes", 0)}
+    last_checkpoint, checkpoint_seconds = time.perf_counter(), 0.0
     with progress_bar() as bar:
-        task = bar.add_task(f"{method} prune", total=last + 1, completed=start_layer, status="")
-        for index in range(start_layer, last + 1):
-            pruned = _prune_or_forward(
-                layers[index], index, prep, inputs, make_pruner, pruner_cls.needs_inputs
-            )
-            for name, item in pruned.items():
-                save_tensor(staging / matrix_filename(index, name), item.weight)
-                stats[f"{index}-{name}"] = {
-                    "dense_zeros": item.dense_zeros,
-                    "dead_inputs": item.dead_inputs,
-                }
-            if time.perf_counter() - last_checkpoint > CHECKPOINT_EVERY_S:
-                _checkpoint(staging, settings, index + 1, inputs, stats)
-                last_checkpoint = time.perf_counter()
+        task = bar.add_task(
+            f"{method} prune", total=source.n_layers, completed=start_layer, status=""
+        )
+        for index in range(start_layer, source.n_layers):
+            t0 = time.perf_counter()
+            layer = source.layer(index)
+            clock.add("load_layers", t0)
+            if dense is not None:
+                t0 = time.perf_counter()
+                dense.hidden = run_layer(layer, dense)
+                clock.add("eval_dense", t0)
+            t0 = time.perf_counter()
+            if index in prep.layers:
+                pruned = _prune(layer, calib, prep, make_pruner)
+                for name, item in pruned.items():
+                    stats[f"{index}-{name}"] = _export(staging, cfg.export, index, name, item)
+            elif calib is not None:
+                calib.hidden = run_layer(layer, calib)
+            if index >= last:
+                calib = None  # no later layer is pruned: free the calibration states
+            if cfg.save_model:
+                _save_layer(staging, model, layer, index)
+            clock.add("prune", t0)
+            t0 = time.perf_counter()
+            evals.hidden = run_layer(layer, evals)
+            clock.add("eval_pruned", t0)
+            source.release(index)
             bar.update(task, advance=1, status=f"layer {index}")
-    seconds["prune"] = time.perf_counter() - t0
-    if start_layer <= last:  # so that an interrupted evaluation does not redo the pruning
-        _checkpoint(staging, settings, last + 1, None, stats)
+            elapsed = time.perf_counter() - last_checkpoint
+            if checkpoint_due(elapsed, checkpoint_seconds) or index == source.n_layers - 1:
+                t0 = time.perf_counter()
+                hidden = {"calib": calib, "eval": evals, "dense_eval": dense}
+                written = _checkpoint(staging, settings, index + 1, hidden, stats, clock, writes)
+                writes["checkpoints"] += written
+                last_checkpoint = time.perf_counter()
+                checkpoint_seconds = last_checkpoint - t0
 
     t1 = time.perf_counter()
-    pruned_ppl = perplexity(model, prep.eval_ids, description=f"{method} perplexity")
-    seconds["eval_pruned"] = time.perf_counter() - t1
-    summary = _summary(prep, model, method, settings, dense_ppl, pruned_ppl, seconds, stats)
+    tuple_output = evals.tuple_output
+    if dense is not None:
+        dense_ppl = perplexity_of_last_layer(
+            model, prep.eval_ids, dense.hidden, description="dense perplexity",
+            tuple_output=tuple_output,
+        )  # fmt: skip
+        write_json(dense_cache, {"dense_ppl": dense_ppl, "seconds": clock.seconds["eval_dense"]})
+    else:
+        dense_ppl = read_json(dense_cache)["dense_ppl"]
+    pruned_ppl = perplexity_of_last_layer(
+        model, prep.eval_ids, evals.hidden, description=f"{method} perplexity",
+        tuple_output=tuple_output,
+    )  # fmt: skip
+    clock.add("eval_pruned", t1)
     if cfg.save_model:
-        model.save_pretrained(staging / "model")
-        prep.tokenizer.save_pretrained(staging / "model")
+        _save_model_rest(staging, model, prep)
+    summary = _summary(prep, method, settings, dense_ppl, pruned_ppl, clock.seconds, stats)
+    summary["bytes_written"] = {
+        "outputs": _folder_bytes(staging, skip=(STATE, HIDDEN)),
+        "checkpoints": writes["checkpoints"],
+    }
     write_json(staging / SUMMARY, summary)
     (staging / STATE).unlink(missing_ok=True)
     (staging / HIDDEN).unlink(missing_ok=True)
@@ -312,66 +468,155 @@ def _prune_method(
         dense_ppl,
         pruned_ppl,
         summary["achieved_sparsity"],
-        seconds,
+        clock.seconds,
         above_target=summary["above_target"],
     )
 
 
-def _prune_or_forward(layer, index, prep, inputs: LayerInputs | None, make_pruner, needs_inputs):
-    selected = index in prep.layers
-    if not needs_inputs:
-        return prune_without_inputs(layer, prep.components, make_pruner) if selected else {}
-    if selected:
-        inputs.hidden, pruned = prune_layer(
-            layer, inputs, prep.components, make_pruner, prep.config.order
-        )
-        return pruned
-    with torch.no_grad():
-        inputs.hidden = run_layer(layer, inputs)
-    return {}
+def checkpoint_due(elapsed: float, last_cost: float) -> bool:
+    """Whether to write the hidden states again, ``elapsed`` seconds after the last checkpoint
+    that took ``last_cost`` seconds to write: every CHECKPOINT_EVERY_S at most, and never
+    more often than keeps checkpointing under CHECKPOINT_COST_SHARE of the time."""
+    return elapsed > max(CHECKPOINT_EVERY_S, last_cost / CHECKPOINT_COST_SHARE)
 
 
-def _checkpoint(
-    staging: Path, settings: dict, next_layer: int, inputs: LayerInputs | None, stats: dict
-):
-    if inputs is not None:
-        save_tensor(staging / HIDDEN, inputs.hidden)
-    state = {"settings": settings, "next_layer": next_layer, "matrix_stats": stats}
+def _inputs(model, ids, batch_size, saved: torch.Tensor | None) -> LayerInputs:
+    """The states entering the next layer: the embedding's output, or a checkpoint's."""
+    inputs = capture_layer0_inputs(model, ids, batch_size)
+    if saved is not None:
+        inputs.hidden = saved.to(inputs.hidden.device)
+    return inputs
+
+
+def _prune(layer, calib: LayerInputs | None, prep: PreparedRun, make_pruner):
+    if calib is None:  # the method reads no inputs (magnitude)
+        return prune_without_inputs(layer, prep.components, make_pruner)
+    calib.hidden, pruned = prune_layer(
+        layer, calib, prep.components, make_pruner, prep.config.order
+    )
+    return pruned
+
+
+def _export(staging: Path, export: str, index: int, name: str, item) -> dict:
+    """Write one pruned matrix as ``--export`` asks; return its statistics for the summary."""
+    weight = item.weight
+    zeros = int((weight == 0).sum())
+    file = None
+    if export == "dense":  # in the model's dtype, as the layer holds it
+        file = matrix_filename(index, name)
+        save_tensor(staging / file, weight)
+    elif export == "masks":
+        file = mask_filename(index, name)
+        save_packed_mask(staging / file, weight != 0)
+    return {
+        "file": file,
+        "shape": list(weight.shape),
+        "zeros": zeros,
+        "dense_zeros": item.dense_zeros,
+        "dead_inputs": item.dead_inputs,
+    }
+
+
+def _save_layer(staging: Path, model: nn.Module, layer: nn.Module, index: int) -> None:
+    """One decoder layer of the pruned model, as a shard of a Hugging Face folder."""
+    prefix = f"{decoder_layers_path(model)}.{index}."
+    tensors = {prefix + key: value for key, value in layer.state_dict().items()}
+    folder = staging / MODEL_DIR
+    folder.mkdir(exist_ok=True)
+    save_safetensors(folder / f"layer-{index:05d}.safetensors", tensors, {"format": "pt"})
+
+
+def _save_model_rest(staging: Path, model: nn.Module, prep: PreparedRun) -> None:
+    """What lies outside the decoder layers, the shard index, config and tokenizer: with the
+    layer shards, a folder ``from_pretrained`` loads (in the pruning dtype)."""
+    folder = staging / MODEL_DIR
+    layers_prefix = decoder_layers_path(model) + "."
+    rest: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in model.state_dict(keep_vars=True).items():
+        if key.startswith(layers_prefix) or id(value) in seen:
+            continue  # tied weights (lm_head = embed_tokens) are saved once
+        seen.add(id(value))
+        rest[key] = value.detach()
+    save_safetensors(folder / "rest.safetensors", rest, {"format": "pt"})
+    weight_map = {key: "rest.safetensors" for key in rest}
+    total = sum(t.numel() * t.element_size() for t in rest.values())
+    for index in range(len(decoder_layers(model))):
+        shard = f"layer-{index:05d}.safetensors"
+        weight_map.update({key: shard for key in tensor_names(folder / shard)})
+        total += (folder / shard).stat().st_size
+    write_json(
+        folder / "model.safetensors.index.json",
+        {"metadata": {"total_size": total}, "weight_map": weight_map},
+    )
+    config = model.config
+    config.dtype = prep.dtype
+    config.save_pretrained(folder)
+    prep.tokenizer.save_pretrained(folder)
+
+
+def _checkpoint(staging, settings, next_layer, hidden, stats, clock, writes) -> int:
+    """Write the hidden states entering ``next_layer`` and the run's state; return the bytes."""
+    tensors = {k: v.hidden for k, v in hidden.items() if v is not None}
+    save_torch_dict(staging / HIDDEN, tensors)
+    state = {
+        "settings": settings,
+        "next_layer": next_layer,
+        "matrix_stats": stats,
+        "seconds": clock.seconds,
+        "checkpoint_bytes": writes["checkpoints"],
+    }
     write_json(staging / STATE, state)
+    return (staging / HIDDEN).stat().st_size
 
 
-def _summary(prep, model, method, settings, dense_ppl, pruned_ppl, seconds, stats) -> dict:
-    layers = decoder_layers(model)
+def _folder_bytes(folder: Path, skip: tuple[str, ...] = ()) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name not in skip)
+
+
+def _peak_memory(device: torch.device) -> dict:
+    """Peak memory of this process: the device's (CUDA) and the host's resident set."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    device_bytes = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    return {"peak_device_bytes": device_bytes, "peak_host_rss_bytes": int(rss)}
+
+
+def _summary(prep, method, settings, dense_ppl, pruned_ppl, seconds, stats) -> dict:
     cfg = prep.config
     matrices, zeros, total = [], 0, 0
     for index in prep.layers:
         for name in prep.components:
-            weight = get_component(layers[index], name).weight
-            n_zero = int((weight == 0).sum())
-            zeros, total = zeros + n_zero, total + weight.numel()
-            entry = {
+            entry = stats[f"{index}-{name}"]
+            numel = entry["shape"][0] * entry["shape"][1]
+            zeros, total = zeros + entry["zeros"], total + numel
+            matrix = {
                 "layer": index,
                 "component": name,
-                "file": matrix_filename(index, name),
-                "shape": list(weight.shape),
-                "sparsity": n_zero / weight.numel(),
-                **stats.get(f"{index}-{name}", {"dense_zeros": None, "dead_inputs": None}),
+                "file": entry["file"],
+                "shape": entry["shape"],
+                "sparsity": entry["zeros"] / numel,
+                "dense_zeros": entry["dense_zeros"],
+                "dead_inputs": entry["dead_inputs"],
             }
-            entry["reasons_above_target"] = _reasons_above_target(
-                method, cfg, entry, n_zero, weight.numel()
+            matrix["reasons_above_target"] = _reasons_above_target(
+                method, cfg, matrix, entry["zeros"], numel
             )
-            matrices.append(entry)
+            matrices.append(matrix)
     return {
         "method": method,
         "featgeo_version": __version__,
         "settings": settings,
         "config": cfg.to_dict(),
         "model_source": prep.model_source,
+        "dtype": _dtype_name(prep.dtype),
+        "offload": prep.offload,
+        "export": cfg.export,
         "calibration": {
             "split": "calibration",
             "samples": cfg.calib_samples,
             "seqlen": cfg.seqlen,
             "seed": cfg.seed,
+            "batch_size": prep.calib_batch_size,
         },
         "evaluation": {
             "split": cfg.eval_split,
@@ -384,6 +629,7 @@ def _summary(prep, model, method, settings, dense_ppl, pruned_ppl, seconds, stat
         "achieved_sparsity": zeros / total if total else 0.0,
         "above_target": _above_target(matrices),
         "device": str(prep.device),
+        "memory": _peak_memory(prep.device),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "matrices": matrices,
     }

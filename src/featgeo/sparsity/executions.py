@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from featgeo.sparsity.analysis import ClusterOn, FeatureAnalysis, analyze_feature
-from featgeo.sparsity.matrices import Axis, feature_masks, load_matrix, sparsity
+from featgeo.sparsity.matrices import Axis, feature_masks, load_matrix, matrix_stem, sparsity
 from featgeo.sparsity.metrics import SEPARATION_BANDS, separation_band
 from featgeo.sparsity.references import (
     RngScheme,
@@ -30,7 +30,8 @@ from featgeo.sparsity.references import (
 )
 from featgeo.sparsity.references import draw_references as _draw_references
 
-_EXPORT_NAME = re.compile(r"^layer(\d+)-(.+)$")  # {method}/layer{L}-{component}.pt (SPEC §1)
+# {method}/layer{L}-{component}.pt (SPEC §1) or .mask.safetensors, matched on matrix_stem
+_EXPORT_NAME = re.compile(r"^layer(\d+)-(.+)$")
 
 CONFIG_KEYS = (
     "feature_idx",
@@ -54,7 +55,7 @@ class MatrixInfo:
     path: str
     """The path as given."""
     name: str
-    """File stem, e.g. ``layer1-mlp.down_proj``."""
+    """File stem, e.g. ``layer1-mlp.down_proj`` (``.pt`` or ``.mask.safetensors`` alike)."""
     shape: tuple[int, int]
     """Stored shape (nn.Linear layout: out x in)."""
     sparsity: float
@@ -112,9 +113,10 @@ class MultiResult:
 
 
 def parse_export_path(path: str | os.PathLike) -> tuple[str | None, int | None, str | None]:
-    """``.../{method}/layer{L}-{component}.pt`` -> (method, L, component); Nones otherwise."""
+    """``.../{method}/layer{L}-{component}.pt`` (or ``.mask.safetensors``, any matrix suffix)
+    -> (method, L, component); Nones otherwise."""
     path = Path(path)
-    match = _EXPORT_NAME.match(path.stem)
+    match = _EXPORT_NAME.match(matrix_stem(path))
     if match is None:
         return None, None, None
     method = path.absolute().parent.name or None
@@ -124,13 +126,16 @@ def parse_export_path(path: str | os.PathLike) -> tuple[str | None, int | None, 
 def load_features(
     matrix_path: str | os.PathLike, *, axis: Axis = "columns", with_weights: bool = False
 ) -> LoadedMatrix:
-    """Load and validate a matrix and turn it into feature masks ([N, D] bool).
+    """Load and validate a matrix (weights or a packed mask) and turn it into feature masks
+    ([N, D] bool); ``with_weights`` also returns the weights [N, D] float64 and refuses a
+    packed mask, which holds none (``--cluster-on weights``).
 
     A matrix with almost no zeros emits ``DenseMatrixWarning`` and is still returned.
     """
     if axis not in ("columns", "rows"):
         raise ValueError(f"--axis must be 'columns' or 'rows', got '{axis}'")
-    matrix = load_matrix(matrix_path)
+    needs = "--cluster-on weights" if with_weights else None
+    matrix = load_matrix(matrix_path, values_needed_by=needs)
     masks = feature_masks(matrix, axis, name=str(matrix_path))
     weights = None
     if with_weights:
@@ -139,7 +144,7 @@ def load_features(
     method, layer, component = parse_export_path(matrix_path)
     info = MatrixInfo(
         path=str(matrix_path),
-        name=Path(matrix_path).stem,
+        name=matrix_stem(matrix_path),
         shape=(int(matrix.shape[0]), int(matrix.shape[1])),
         sparsity=sparsity(matrix),
         axis=axis,

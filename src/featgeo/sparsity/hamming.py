@@ -157,8 +157,17 @@ def hamming_to(masks: np.ndarray, index: int, *, codes: np.ndarray | None = None
     Pass ``codes = pack_masks(masks)`` when querying the same masks many times.
     """
     codes = pack_masks(masks) if codes is None else codes
+    return hamming_to_code(codes[index], codes)
+
+
+def hamming_to_code(code: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Distances from one packed code to every packed code, in one popcount pass.
+
+    code: [W] uint8, codes: [N, W] uint8, both in ``pack_masks``' layout (W a multiple of 8)
+    -> [N] int32.
+    """
     out = np.empty((1, codes.shape[0]), dtype=np.int32)
-    _hamming_block(codes[index : index + 1], codes, out)
+    _hamming_block(np.ascontiguousarray(code).reshape(1, -1), codes, out)
     return out[0]
 
 

@@ -1,10 +1,11 @@
 """Whole-model scan: every exported matrix of every method, one CSV row each, plus heatmaps.
 
-For each ``{matrices_dir}/{method}/layer{L}-{component}.pt`` the scan measures the sparsity, the
-distribution of each feature's Hamming distance to its nearest other feature (normalized by D),
-and MMM block coherence (SPEC §2) of all features cut into blocks of ``block_size`` in three
-orders: the original one, a seeded random permutation, and an order built to group features
-whose zeros coincide (``order_by``).
+For each ``{matrices_dir}/{method}/layer{L}-{component}.pt`` (or its bit-packed mask
+``layer{L}-{component}.mask.safetensors``; the ``.pt`` when both exist) the scan measures the
+sparsity, the distribution of each feature's Hamming distance to its nearest other feature
+(normalized by D), and MMM block coherence (SPEC §2) of all features cut into blocks of
+``block_size`` in three orders: the original one, a seeded random permutation, and an order
+built to group features whose zeros coincide (``order_by``).
 
 The block orderings and how the default was chosen: :mod:`featgeo.sparsity.blocks`.
 """
@@ -31,6 +32,7 @@ import torch
 
 from featgeo import __version__
 from featgeo.files import (
+    PACKED_MASK_SUFFIX,
     atomic_path,
     check_output_dir,
     partial_dir,
@@ -72,7 +74,8 @@ COLUMNS = (
 _INT_COLUMNS = {"layer", "rows", "cols", "n_features", "d"}
 _STR_COLUMNS = {"method", "component"}
 HEATMAP_METRICS = ("coherence_clustered", "coherence_original", "nn_hamming_mean")
-_EXPORT_NAME = re.compile(r"^layer(\d+)-(.+)\.pt$")  # {method}/layer{L}-{component}.pt
+# {method}/layer{L}-{component}.pt, or .mask.safetensors (featgeo prune --export masks)
+_EXPORT_NAME = re.compile(r"^layer(\d+)-(.+?)(\.pt|\.mask\.safetensors)$")
 
 
 # --- configuration and discovery -------------------------------------------------------------
@@ -83,7 +86,8 @@ class ScanConfig:
     """Scan every exported matrix of the given methods."""
 
     matrices_dir: str = "clustering_characterization"
-    """Export root of ``featgeo prune``: {matrices_dir}/{method}/layer{L}-{component}.pt."""
+    """Export root of ``featgeo prune``: {matrices_dir}/{method}/layer{L}-{component}.pt (or
+    .mask.safetensors)."""
     methods: list[str] = field(default_factory=lambda: ["wanda", "sparsegpt"])
     """Method folders to scan (a comma string is accepted)."""
     out: str = "results/scan"
@@ -142,8 +146,13 @@ def component_rank(component: str) -> tuple[int, str]:
 
 
 def discover_matrices(matrices_dir: str | os.PathLike, methods: Sequence[str]) -> list[MatrixJob]:
-    """Every ``{method}/layer{L}-{component}.pt`` in method, layer, component order; fails with
-    a clear error for a missing folder, an unknown method or a method without matrices."""
+    """Every ``{method}/layer{L}-{component}.pt`` or ``.mask.safetensors`` in method, layer,
+    component order; fails with a clear error for a missing folder, an unknown method or a
+    method without matrices.
+
+    A matrix exported both ways (``featgeo prune --export dense,masks`` writes both) is read
+    from the ``.pt``: it holds the mask too, and the numbers are the same.
+    """
     root = Path(matrices_dir)
     if not root.exists():
         raise FileNotFoundError(
@@ -161,17 +170,20 @@ def discover_matrices(matrices_dir: str | os.PathLike, methods: Sequence[str]) -
                 f"unknown method '{method}': '{root}' has no folder '{method}'; "
                 f"methods found there: {', '.join(available) or 'none'}"
             )
-        found = []
-        for path in folder.iterdir():
+        found: dict[tuple[int, str], MatrixJob] = {}
+        for path in sorted(folder.iterdir()):
             match = _EXPORT_NAME.match(path.name)
             if match and path.is_file():
-                found.append(MatrixJob(method, int(match.group(1)), match.group(2), path))
+                job = MatrixJob(method, int(match.group(1)), match.group(2), path)
+                if job.path.suffix == ".pt" or (job.layer, job.component) not in found:
+                    found[(job.layer, job.component)] = job  # the dense .pt wins
         if not found:
             raise ValueError(
                 f"no matrix files found in '{folder}': expected layer{{L}}-{{component}}.pt "
-                "files exported by `featgeo prune`"
+                "(or bit-packed layer{L}-{component}.mask.safetensors) files exported by "
+                "`featgeo prune`"
             )
-        jobs.extend(sorted(found, key=lambda j: (j.layer, component_rank(j.component))))
+        jobs.extend(sorted(found.values(), key=lambda j: (j.layer, component_rank(j.component))))
     return jobs
 
 
@@ -319,6 +331,7 @@ def run_scan(
     )
     torch_device = resolve_device(config.device)
     jobs = discover_matrices(config.matrices_dir, config.methods)  # validates before writing
+    _check_packed_masks(jobs)
     start = time.perf_counter()
     final = Path(config.out)
     check_output_dir(
@@ -348,6 +361,18 @@ def run_scan(
         seconds=time.perf_counter() - start,
         config=config,
     )
+
+
+def _check_packed_masks(jobs: Sequence[MatrixJob]) -> None:
+    """Read every packed mask once before the output folder is touched, so a damaged one is an
+    error that writes nothing (a mask is 1/32 of its float32 weights: cheap next to the scan).
+
+    Raises:
+        ValueError: a ``.mask.safetensors`` file is malformed (see ``load_matrix``).
+    """
+    for job in jobs:
+        if job.path.name.endswith(PACKED_MASK_SUFFIX):
+            load_matrix(job.path)
 
 
 def _measure(jobs, rows: dict, config: ScanConfig, device: torch.device, staging: Path) -> None:

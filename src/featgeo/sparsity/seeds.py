@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featgeo.files import check_output_dir, read_json, staging_dir, write_json
+from featgeo.files import PACKED_MASK_SUFFIX, check_output_dir, read_json, staging_dir, write_json
 from featgeo.sparsity.analysis import ClusterOn, analyze_feature
 from featgeo.sparsity.executions import LoadedMatrix, aggregate_metrics, load_features
-from featgeo.sparsity.matrices import SUPPORTED_SUFFIXES, Axis
+from featgeo.sparsity.matrices import SUPPORTED_SUFFIXES, Axis, matrix_stem
 from featgeo.sparsity.references import RNG_SCHEMES, RngScheme, reference_for_seed, scheme_record
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class SeedsConfig:
     k_values: tuple[int, ...] = (4, 8, 16)
     """k-means cluster counts (sorted, without duplicates)."""
     matrices_dir: str = "clustering_characterization"
-    """Export root of ``featgeo prune``: ``{matrices_dir}/{method}/layer{L}-{component}.pt``."""
+    """Export root of ``featgeo prune``: ``{matrices_dir}/{method}/layer{L}-{component}.pt``
+    (or the bit-packed mask ``.mask.safetensors``)."""
     output_dir: str | None = None
     """Where the tree goes [default: results/metrics/multi_seed_clustering/{method}/{component}]."""
     axis: Axis = "columns"
@@ -119,10 +120,12 @@ class SeedsConfig:
 
     @property
     def matrix_path(self) -> Path:
-        """The exported matrix (the first of ``.pt``, ``.pth``, ``.safetensors``, ``.npy``
-        that exists; ``.pt`` when none does)."""
+        """The exported matrix: the first of ``.pt``, ``.pth``, ``.safetensors``, ``.npy``,
+        ``.mask.safetensors`` that exists (weights before a packed mask: an export of both
+        gives the same masks, and only the weights serve ``--cluster-on weights``); ``.pt``
+        when none does."""
         stem = Path(self.matrices_dir) / self.method / f"layer{self.layer}-{self.component}"
-        for suffix in SUPPORTED_SUFFIXES:
+        for suffix in (*SUPPORTED_SUFFIXES, PACKED_MASK_SUFFIX):
             candidate = stem.with_name(stem.name + suffix)
             if candidate.is_file():
                 return candidate
@@ -216,7 +219,8 @@ def run_seeds(
     rng: RngScheme = "legacy",
 ) -> SeedsResult:
     """Run the multi-seed clustering analysis of ``{matrices_dir}/{method}/layer{layer}-
-    {component}.pt`` and write seed 000's output tree (see the module docstring).
+    {component}.pt`` (or ``.mask.safetensors``, see ``SeedsConfig.matrix_path``) and write seed
+    000's output tree (see the module docstring).
 
     Every input is checked before anything is written. Deterministic for a given set of seeds:
     the same inputs give a byte-identical ``metrics_summary.json``.
@@ -274,9 +278,8 @@ def _load(config: SeedsConfig) -> LoadedMatrix:
         )
     if not path.is_file():
         prefix = f"layer{config.layer}-"
-        exported = sorted(
-            {p.stem.removeprefix(prefix) for p in path.parent.glob(f"{prefix}*") if p.is_file()}
-        )
+        files = (p for p in path.parent.glob(f"{prefix}*") if p.is_file())
+        exported = sorted({matrix_stem(p).removeprefix(prefix) for p in files})
         hint = f" (layer {config.layer} there has: {', '.join(exported)})" if exported else ""
         raise FileNotFoundError(
             f"matrix file '{path}' does not exist{hint}; export it first with `featgeo prune "
@@ -347,6 +350,7 @@ def _analyse_all(
 
     records: dict[int, dict[int, dict]] = {s: {} for s in references}
     jobs = [(s, k) for s in references for k in config.k_values]
+    embeddings: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # seed -> (analysed, t-SNE)
     with progress_bar(transient=not progress) as bar:
         task = bar.add_task(
             f"seeds x k on {loaded.info.name}", total=len(jobs), status="", visible=progress
@@ -357,7 +361,7 @@ def _analyse_all(
             if _is_done(stage, seed, k, feature_idx):
                 reused.append((seed, k))
             else:
-                _analyse_one(stage, loaded, config, seed, k, feature_idx)
+                _analyse_one(stage, loaded, config, seed, k, feature_idx, embeddings)
                 computed.append((seed, k))
             # Read back what was written, so fresh and resumed runs summarise identical values.
             records[seed][k] = read_json(_record_path(stage, seed, k))
@@ -367,9 +371,19 @@ def _analyse_all(
 
 
 def _analyse_one(
-    stage: Path, loaded: LoadedMatrix, config: SeedsConfig, seed: int, k: int, feature_idx: int
+    stage: Path,
+    loaded: LoadedMatrix,
+    config: SeedsConfig,
+    seed: int,
+    k: int,
+    feature_idx: int,
+    embeddings: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> None:
-    """Analyse one (seed, k), write its four figures, then its metrics (the completion mark)."""
+    """Analyse one (seed, k), write its four figures, then its metrics (the completion mark).
+
+    ``embeddings`` keeps each seed's t-SNE for its other k values: the embedding depends on the
+    analysed masks and ``random_state=seed`` only, not on k (the labels just colour it), and
+    t-SNE was about half the time of a (seed, k)."""
     from featgeo.reports import plots
     from featgeo.reports.figures import save_figure
 
@@ -386,6 +400,13 @@ def _analyse_one(
     )
     masks = loaded.masks[analysis.analysed]  # [n_similar + 1, D], reference first
     labels = analysis.labels
+    cached = (embeddings or {}).get(seed)
+    if cached is not None and np.array_equal(cached[0], analysis.analysed):
+        embedding = cached[1]
+    else:
+        embedding = plots.tsne_embedding(masks, random_state=seed)  # [n_similar + 1, 2]
+        if embeddings is not None:
+            embeddings[seed] = (analysis.analysed, embedding)
     title = (
         f"{config.method} layer {config.layer} {config.component}: seed {seed}, k={k}, "
         f"feature {feature_idx}"
@@ -407,7 +428,9 @@ def _analyse_one(
             summary=summary,
             title=title,
         ),
-        "tsne": lambda: plots.tsne_plot(masks, labels, random_state=seed, title=title),
+        "tsne": lambda: plots.tsne_plot(
+            masks, labels, random_state=seed, embedding=embedding, title=title
+        ),
         "distance_heatmap": lambda: plots.distance_heatmap(
             analysis.distance_matrix / analysis.d,
             labels,
