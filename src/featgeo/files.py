@@ -325,6 +325,7 @@ def save_packed_mask(path: str | os.PathLike, kept: torch.Tensor | np.ndarray) -
     metadata = packed_mask_metadata(*kept.shape)
     with atomic_path(path) as tmp:
         save_file({PACKED_MASK_TENSOR: packed}, str(tmp), metadata=metadata)
+        _sort_safetensors_header(tmp)
     return path
 
 
@@ -339,7 +340,25 @@ def save_safetensors(
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        _sort_safetensors_header(tmp)
     return Path(path)
+
+
+def _sort_safetensors_header(path: Path) -> None:
+    """Rewrite a safetensors header with its keys sorted, in place.
+
+    safetensors serialises the metadata from a hash map whose order changes from process to
+    process, so the same tensors and metadata would give different bytes on every run. The
+    sorted JSON has exactly the same length, so only the header bytes change.
+    """
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        raw = handle.read(size)
+        body = raw.rstrip(b" ")
+        canonical = json.dumps(json.loads(body), separators=(",", ":"), sort_keys=True).encode()
+        if len(canonical) == len(body):  # the same content; anything else is left as written
+            handle.seek(8)
+            handle.write(canonical)
 
 
 def save_torch_dict(path: str | os.PathLike, obj: dict[str, Any]) -> Path:

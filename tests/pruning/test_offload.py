@@ -255,8 +255,11 @@ def test_micro_batched_resume_gives_the_uninterrupted_result(
     cfg = config(llama3, text_corpus, tmp_path / "out", **options)
     with pytest.raises(KeyboardInterrupt):
         run_prune(cfg)
-    state = json.loads((tmp_path / "out" / ".sparsegpt.partial" / "resume_state.json").read_text())
+    staging = tmp_path / "out" / ".sparsegpt.partial"
+    state = json.loads((staging / "resume_state.json").read_text())
     assert state["next_layer"] == 2
+    # two checkpoints of the same tensors were written, and both are counted
+    assert state["checkpoint_bytes"] == 2 * (staging / "resume_hidden.pt").stat().st_size
     result = run_prune(cfg)[0]
     assert len(calls) == 4  # layers 0 and 1 once, layer 2 interrupted, then only layer 2
     a, b = exports(reference.out_dir), exports(result.out_dir)
@@ -349,6 +352,15 @@ def test_damaged_index_and_shard_are_refused(llama3, text_corpus, tmp_path):
     shard = sorted(broken.glob("model-*.safetensors"))[0]
     shard.write_bytes(b"\x00" * 3)
     _refused(_base(broken, text_corpus), tmp_path / "out", f"{shard.name} is not a readable")
+    # cut short in its data, header intact: refused before any layer is pruned
+    shutil.copy(llama3 / shard.name, shard)
+    shard = sorted(broken.glob("model-*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    for offload in ("layer", "none"):
+        _refused(
+            [*_base(broken, text_corpus), "--offload", offload], tmp_path / "out",
+            f"{shard.name} is not a readable",
+        )  # fmt: skip
 
 
 def test_offload_layer_needs_safetensors(tiny_llama_builder, text_corpus, tmp_path):
@@ -374,3 +386,43 @@ def test_auto_dtype_on_cpu_is_float32_for_a_bfloat16_checkpoint(
     summary = json.loads((result.out_dir / "prune_summary.json").read_text())
     assert summary["dtype"] == "float32"
     assert {w.dtype for w in exports(result.out_dir).values()} == {torch.float32}
+
+
+def test_streaming_on_cpu_gives_freed_layers_back(tiny_llama_builder, text_corpus, tmp_path):
+    """Loading and releasing 24 layers leaves the resident memory where one layer leaves it:
+    a released layer's weights are freed (and, on glibc, trimmed back to the OS)."""
+    folder = tiny_llama_builder(
+        tmp_path / "m", corpus_dir=text_corpus, layers=24, hidden=256, intermediate=1024, seed=7
+    )
+    streamed = StreamedModel(
+        folder, SafetensorsCheckpoint.open(folder, "m"), spec="m", dtype=torch.float32,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    layer_bytes = sum(p.numel() * 4 for p in decoder_layers(streamed.model)[0].parameters())
+
+    def rss() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * 4096
+
+    streamed.layer(0)
+    streamed.release(0)
+    before = rss()
+    kept = []  # small blocks that outlive each layer (as hidden states do) pin the heap
+    for index in range(24):
+        streamed.layer(index)
+        kept.append(torch.ones(4096))
+        streamed.release(index)
+    assert rss() - before < 4 * layer_bytes, (rss() - before) / layer_bytes
+
+
+def test_packed_masks_and_model_shards_are_byte_identical_across_writes(tmp_path):
+    from featgeo.files import save_safetensors
+
+    kept = torch.rand(64, 40, generator=torch.Generator().manual_seed(0)) > 0.5
+    masks = [save_packed_mask(tmp_path / f"m{i}.mask.safetensors", kept) for i in range(6)]
+    assert len({p.read_bytes() for p in masks}) == 1
+    assert torch.equal(load_matrix(masks[0]), kept)
+    meta = {"b": "2", "a": "1", "format": "pt", "z": "3"}
+    shards = [save_safetensors(tmp_path / f"s{i}.safetensors", {"w": kept.float()}, meta)
+              for i in range(6)]  # fmt: skip
+    assert len({p.read_bytes() for p in shards}) == 1

@@ -479,3 +479,14 @@ def test_pack_on_cuda_equals_numpy(tmp_path, shape):
     np.testing.assert_array_equal(packed.cpu().numpy(), oracle(kept.cpu().numpy()))
     path = save_packed_mask(tmp_path / "m.mask.safetensors", kept)
     torch.testing.assert_close(load_matrix(path), kept.cpu())
+
+
+@pytest.mark.parametrize("cut", [0, 20, -10], ids=["empty", "header-cut", "data-cut"])
+def test_unreadable_mask_file_points_to_the_mask_export(tmp_path, cut):
+    path = save_packed_mask(tmp_path / "layer0-mlp.up_proj.mask.safetensors", torch.ones(8, 16) > 0)
+    data = path.read_bytes()
+    path.write_bytes(data[:cut] if cut else b"")
+    result = runner.invoke(app, ["hamming", "single", str(path)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "featgeo prune --export masks" in lines[0] and "save_file" not in lines[0], lines[0]

@@ -431,8 +431,7 @@ def _prune_method(
             if checkpoint_due(elapsed, checkpoint_seconds) or index == source.n_layers - 1:
                 t0 = time.perf_counter()
                 hidden = {"calib": calib, "eval": evals, "dense_eval": dense}
-                written = _checkpoint(staging, settings, index + 1, hidden, stats, clock, writes)
-                writes["checkpoints"] += written
+                _checkpoint(staging, settings, index + 1, hidden, stats, clock, writes)
                 last_checkpoint = time.perf_counter()
                 checkpoint_seconds = last_checkpoint - t0
 
@@ -552,13 +551,18 @@ def _save_model_rest(staging: Path, model: nn.Module, prep: PreparedRun) -> None
     config = model.config
     config.dtype = prep.dtype
     config.save_pretrained(folder)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(folder)
     prep.tokenizer.save_pretrained(folder)
 
 
-def _checkpoint(staging, settings, next_layer, hidden, stats, clock, writes) -> int:
-    """Write the hidden states entering ``next_layer`` and the run's state; return the bytes."""
+def _checkpoint(staging, settings, next_layer, hidden, stats, clock, writes) -> None:
+    """Write the hidden states entering ``next_layer`` and the run's state; ``writes``
+    counts the checkpoint bytes of the run, across resumes."""
     tensors = {k: v.hidden for k, v in hidden.items() if v is not None}
     save_torch_dict(staging / HIDDEN, tensors)
+    writes["checkpoints"] += (staging / HIDDEN).stat().st_size
     state = {
         "settings": settings,
         "next_layer": next_layer,
@@ -567,7 +571,6 @@ def _checkpoint(staging, settings, next_layer, hidden, stats, clock, writes) -> 
         "checkpoint_bytes": writes["checkpoints"],
     }
     write_json(staging / STATE, state)
-    return (staging / HIDDEN).stat().st_size
 
 
 def _folder_bytes(folder: Path, skip: tuple[str, ...] = ()) -> int:

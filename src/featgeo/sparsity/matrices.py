@@ -155,10 +155,13 @@ def _load_safetensors(path: Path, values_needed_by: str | None = None) -> torch.
         handle = safe_open(str(path), framework="pt")
     except (SafetensorError, OSError, ValueError, EOFError) as exc:
         detail = " ".join(str(exc).split())[:100]
-        raise ValueError(
-            f"'{path}' is not a readable .safetensors file ({detail}); save the matrix with "
-            "safetensors.torch.save_file({'weight': tensor}, path)"
-        ) from None
+        fix = (
+            _MASK_FIX
+            if path.name.lower().endswith(PACKED_MASK_SUFFIX)
+            else "save the matrix with safetensors.torch.save_file({'weight': tensor}, path)"
+        )
+        message = f"'{path}' is not a readable .safetensors file ({detail}); {fix}"
+        raise ValueError(message) from None
     with handle:
         metadata = handle.metadata() or {}
         names = sorted(handle.keys())
