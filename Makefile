@@ -18,7 +18,7 @@ DEMO_OUT ?= demo_out
 SAELENS_PEER := .bench/saelens
 SAELENS_SPEC := sae-lens==6.54.12
 
-.PHONY: install data demo demo-quick test test-fast lint mutate bench bench-prune bench-sae clean
+.PHONY: install data demo demo-quick test test-fast lint mutate bench bench-prune bench-prune-scale bench-sae clean
 
 install: $(STAMP)
 
@@ -99,6 +99,13 @@ bench: bench-prune bench-sae
 
 bench-prune: data $(BENCH_PEER)/bin/python
 	$(PY) benchmarks/prune.py --peer-python $(BENCH_PEER)/bin/python
+
+# Memory, seconds and bytes written of pruning a random LLaMA-7B-shaped model (128 x 2048
+# calibration), featgeo vs llm-compressor; ARGS is passed through, e.g. on a CPU machine
+# ARGS="--shape 1b --calib-samples 8 --seqlen 512 --calib-batch-size 2" (docs/benchmarks.md).
+ARGS ?=
+bench-prune-scale: data $(BENCH_PEER)/bin/python
+	$(PY) benchmarks/prune_scale.py --peer-python $(BENCH_PEER)/bin/python $(ARGS)
 
 bench-sae: data $(SAELENS_PEER)/bin/python
 	$(PY) benchmarks/sae.py --peer-python $(SAELENS_PEER)/bin/python

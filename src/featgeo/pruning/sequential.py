@@ -246,15 +246,8 @@ def _input_groups(
 
         return on_input
 
-    handles = [linears[n].register_forward_pre_hook(hook_for(n)) for n in linears]
-    windows, kwargs = inputs.micro_batches()[0]
-    try:
-        _call(layer, inputs.hidden[windows], kwargs)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooks = {linears[n]: hook_for(n) for n in linears}
+    _run_hooked(layer, hooks, inputs, inputs.micro_batches()[:1])
     _check_called(list(linears), dict(calls))
     groups: list[tuple[torch.Tensor, list[str]]] = []
     for name, x in calls:
@@ -264,6 +257,21 @@ def _input_groups(
         elif name not in group:
             group.append(name)
     return [names for _, names in groups]
+
+
+def _run_hooked(layer: nn.Module, hooks: dict, inputs: LayerInputs, batches) -> None:
+    """Run ``batches`` of ``inputs`` through ``layer`` with forward pre-hooks (module -> hook)
+    installed; a hook may end a pass early by raising _StopForward. Outputs are discarded."""
+    handles = [module.register_forward_pre_hook(hook) for module, hook in hooks.items()]
+    try:
+        for windows, kwargs in batches:
+            try:
+                _call(layer, inputs.hidden[windows], kwargs)
+            except _StopForward:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _prune_layer_staged(
@@ -291,16 +299,8 @@ def _prune_layer_staged(
         return on_input
 
     def calibrate(hooks: list[tuple[str, Pruner]], stop: bool) -> None:
-        handles = [linears[n].register_forward_pre_hook(fit(p, stop)) for n, p in hooks]
-        try:
-            for windows, kwargs in inputs.micro_batches():
-                try:
-                    _call(layer, inputs.hidden[windows], kwargs)
-                except _StopForward:
-                    pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        hooked = {linears[n]: fit(p, stop) for n, p in hooks}
+        _run_hooked(layer, hooked, inputs, inputs.micro_batches())
 
     needs_inputs = pruners[0].needs_inputs
     if order == "reference" and needs_inputs:
