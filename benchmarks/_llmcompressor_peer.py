@@ -33,7 +33,9 @@ def main(model_dir: str, calib_path: str, method: str, nm: str, out_dir: str) ->
     modifier_cls = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}[method]
     structure = "0:0" if nm == "none" else nm
     modifier = modifier_cls(
-        sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["lm_head"]
+        # A bare "lm_head" does not match in llm-compressor 0.14 (its log said "Sparsifying
+        # lm_head"); the regex form does.
+        sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["re:.*lm_head"]
     )
     start = time.perf_counter()
     oneshot(

@@ -20,14 +20,17 @@ weights, which the kernel can drop and re-read). The sampled peaks can miss a sh
 
 With --timeout the command (its whole process group) is killed after SECONDS, and what was
 measured until then is still written, with ``"timed_out": true``, and the wrapper exits with 124.
+SIGINT, SIGTERM or SIGHUP to the wrapper kill the command the same way (``"stopped_by_signal"``;
+exit 128 + the signal).
 
-RESULT.json gets ``{"returncode", "timed_out", "wall_s", "peak_rss_bytes",
+RESULT.json gets ``{"returncode", "timed_out", "stopped_by_signal", "wall_s", "peak_rss_bytes",
 "sampled_peak_rss_anon_bytes", "sampled_peak_rss_file_bytes", "write_bytes",
 "cancelled_write_bytes", "read_bytes", "wchar"}``; the wrapper exits with the command's code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -63,14 +66,6 @@ def _sample_rss(pid: int, peaks: dict[str, int], done: threading.Event) -> None:
             pass
 
 
-def _kill_and_exit(group: int, signum: int) -> None:
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    sys.exit(128 + signum)
-
-
 def main(argv: list[str]) -> int:
     timeout = None
     if len(argv) > 2 and argv[1] == "--timeout":
@@ -85,8 +80,15 @@ def main(argv: list[str]) -> int:
     # started; a signal that ends this wrapper (Ctrl-C reaches the terminal's process group,
     # not the child's) ends it too.
     child = subprocess.Popen(command, start_new_session=True)
+    stopped_by: list[int] = []
+
+    def stop(signum: int, frame) -> None:  # then child.wait() returns and the result is written
+        stopped_by.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda signum, frame: _kill_and_exit(child.pid, signum))
+        signal.signal(signum, stop)
     with open(result_path + ".pid", "w", encoding="ascii") as fh:  # for a caller's last resort
         fh.write(str(child.pid))
     peaks = {"RssAnon": 0, "RssFile": 0}
@@ -108,6 +110,7 @@ def main(argv: list[str]) -> int:
     result = {
         "returncode": returncode,
         "timed_out": timed_out,
+        "stopped_by_signal": stopped_by[0] if stopped_by else None,
         "wall_s": wall,
         # ru_maxrss is in kilobytes on Linux
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
@@ -120,6 +123,8 @@ def main(argv: list[str]) -> int:
     }
     with open(result_path, "w", encoding="utf-8") as fh:
         json.dump(result, fh, indent=2)
+    if stopped_by:
+        return 128 + stopped_by[0]
     return TIMEOUT_EXIT if timed_out else returncode
 
 

@@ -109,7 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # so that a running wrapper is stopped too
     args = parse_args(argv)
     cache = Path(args.cache) if args.cache else default_cache()
     if args.build_only:
@@ -254,12 +259,18 @@ def measure(cmd: list[str], work: Path, name: str, timeout: float, env=None) -> 
                     os.killpg(int(pid_file.read_text()), signal.SIGKILL)
             proc.wait()
             return {"status": f"timeout after {timeout:.0f} s", "log": str(log)}
+        except BaseException:  # Ctrl-C or SIGTERM here: the wrapper stops its command too
+            proc.terminate()
+            proc.wait()
+            raise
     Path(f"{result_file}.pid").unlink(missing_ok=True)
     if not result_file.is_file():
         return {"status": f"wrapper failed (exit {proc.returncode})", "log": str(log)}
     result = json.loads(result_file.read_text())
     if result["timed_out"]:
         result["status"] = f"timeout after {timeout:.0f} s"
+    elif result.get("stopped_by_signal"):
+        result["status"] = f"stopped by signal {result['stopped_by_signal']} from outside"
     else:
         result["status"] = "ok" if result["returncode"] == 0 else f"exit {result['returncode']}"
     result["log"] = str(log)
@@ -424,7 +435,7 @@ def goal(method: str, key: str, fg: dict, peer: dict, settings: dict) -> str:
 def print_report(report: dict) -> None:
     """The side-by-side table, the machine, and on the CPU the analytical host bound."""
     s = report["settings"]
-    if s["resolved_device"] == "cpu":
+    if s["resolved_device"] == "cpu" and (Path(s["model_dir"]) / "config.json").is_file():
         sizes = model_sizes(Path(s["model_dir"]))
         report["host_bound"] = {
             m: host_bound(sizes, s["calib_samples"], s["seqlen"], s["calib_batch_size"], m,
@@ -497,4 +508,8 @@ def _fmt(value, spec: str, side: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the running command was stopped too
+        console.print(f"[red]interrupted ({exc or 'Ctrl-C'}); the running command was stopped")
+        sys.exit(130)
