@@ -43,6 +43,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,7 +56,6 @@ from rich.table import Table
 HERE = Path(__file__).resolve().parent
 MEASURE = HERE / "_measure.py"
 PEER_SCRIPT = HERE / "_llmcompressor_scale_peer.py"
-NEW_OPTIONS = ("--dtype", "--offload", "--calib-batch-size", "--export")
 GB = 1e9
 # What a featgeo prune process holds besides the model: its imports and the tokenized corpus
 # splits it draws calibration and evaluation windows from.
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sides", default="featgeo,llm-compressor")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per process")
     p.add_argument("--cache", default=None, help="model cache (default $FEATGEO_CACHE/...)")
-    p.add_argument("--work", default=None, help="work folder (default /tmp/prune_scale-SHAPE)")
+    p.add_argument("--work", default=None, help="work folder (default: TMPDIR/prune_scale-SHAPE)")
     p.add_argument("--keep-outputs", action="store_true", help="keep the pruned outputs")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--build-only", action="store_true", help="build the model, print its folder")
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         print_report(json.loads(Path(args.report).read_text()))
         return
-    work = Path(args.work or f"/tmp/prune_scale-{args.shape}")
+    work = Path(args.work or Path(tempfile.gettempdir()) / f"prune_scale-{args.shape}")
     (work / "logs").mkdir(parents=True, exist_ok=True)
     device = _resolve_device(args.device)
     args.calib_batch_size = _resolve_batch(args)
@@ -168,18 +168,11 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "rows": [],
     }
-    new_options = featgeo_new_options()
-    if len(new_options) < len(NEW_OPTIONS):
-        console.print(
-            f"[yellow]featgeo prune lacks {sorted(set(NEW_OPTIONS) - new_options)}; "
-            "running without them[/yellow]"
-        )
-    report["settings"]["featgeo_options_used"] = sorted(new_options)
     sides = args.sides.split(",")
     for method in args.methods.split(","):
         row = {"method": method, "structure": args.nm or "unstructured"}
         if "featgeo" in sides:
-            row["featgeo"] = run_featgeo(args, model, method, device, new_options, work)
+            row["featgeo"] = run_featgeo(args, model, method, device, work)
             console.print({"featgeo": row["featgeo"]})
         if "llm-compressor" in sides and args.peer_python:
             row["llm-compressor"] = run_peer(args, model, method, device, dtype, work)
@@ -223,18 +216,6 @@ def _write_calibration(model: Path, args, path: Path) -> torch.Tensor:
     calib = calibration_windows(tokens, args.calib_samples, args.seqlen, args.seed)
     torch.save(calib, path)  # [calib_samples, seqlen] int64
     return calib
-
-
-def featgeo_new_options() -> set[str]:
-    """Which of the big-model options this featgeo's ``prune --help`` lists."""
-    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
-    text = subprocess.run(
-        [sys.executable, "-m", "featgeo", "prune", "--help"],
-        capture_output=True,
-        text=True,
-        env=env,
-    ).stdout
-    return {opt for opt in NEW_OPTIONS if opt in text}
 
 
 def measure(cmd: list[str], work: Path, name: str, timeout: float, env=None) -> dict:
@@ -297,18 +278,17 @@ def _flags(pairs: dict[str, object]) -> list[str]:
     return [x for key, value in pairs.items() if value is not None for x in (key, str(value))]
 
 
-def run_featgeo(args, model: Path, method: str, device: str, options: set[str], work: Path):
+def run_featgeo(args, model: Path, method: str, device: str, work: Path):
     """``featgeo prune`` in a fresh process, measured; its output is then deleted."""
     out = work / f"featgeo-{method}"
     shutil.rmtree(out, ignore_errors=True)
     flags = {
         "--model": model, "--method": method, "--calib-samples": args.calib_samples,
         "--seqlen": args.seqlen, "--seed": args.seed, "--eval-windows": args.eval_windows,
-        "--device": args.device, "--out": out, "--nm": args.nm,
+        "--device": args.device, "--out": out, "--nm": args.nm, "--dtype": args.dtype,
+        "--offload": args.offload, "--calib-batch-size": args.calib_batch_size,
+        "--export": args.export,
     }  # fmt: skip
-    new = {"--dtype": args.dtype, "--offload": args.offload,
-           "--calib-batch-size": args.calib_batch_size, "--export": args.export}  # fmt: skip
-    flags.update({k: v for k, v in new.items() if k in options})
     cmd = [sys.executable, "-m", "featgeo", "prune", *_flags(flags)]
     result = measure(cmd, work, f"featgeo-{method}", args.timeout, _child_env(device))
     result["command"] = " ".join(["featgeo", *cmd[3:]])

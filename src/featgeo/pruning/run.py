@@ -184,13 +184,13 @@ def prepare(config: PruneConfig) -> PreparedRun:
         )
     dtype = resolve_dtype(config.dtype, checkpoint.dtype() if checkpoint else torch.float32, device)
     try:
-        source = open_model(config.model, folder, checkpoint, offload, dtype, device)
+        source = open_model(config.model, checkpoint, offload, dtype, device)
     except StreamingUnsupportedError as exc:
         if config.offload != "auto":
             raise
         log.info("%s; loading the whole model instead", exc)
         offload = "none"
-        source = open_model(config.model, folder, checkpoint, offload, dtype, device)
+        source = open_model(config.model, checkpoint, offload, dtype, device)
     n_layers = source.n_layers
     layers = parse_layers(config.layers, n_layers)
     first = source.layer(0)  # the component checks run block 0
@@ -240,10 +240,10 @@ def prepare(config: PruneConfig) -> PreparedRun:
     )
 
 
-def open_model(spec, folder, checkpoint, offload, dtype, device) -> InMemoryModel | StreamedModel:
+def open_model(spec, checkpoint, offload, dtype, device) -> InMemoryModel | StreamedModel:
     """The dense model: streamed from ``checkpoint`` (``offload == "layer"``) or loaded whole."""
     if offload == "layer":
-        return StreamedModel(folder, checkpoint, spec=spec, dtype=dtype, device=device)
+        return StreamedModel(checkpoint.folder, checkpoint, spec=spec, dtype=dtype, device=device)
     return InMemoryModel(load_model(spec, device=device, dtype=dtype))
 
 
@@ -292,12 +292,7 @@ def run_prune(config: PruneConfig) -> list[MethodResult]:
             continue
         if not source_is_dense:  # pruning changed the weights held in memory: reload them
             source = open_model(
-                config.model,
-                local_model_folder(resolve_model(config.model)),
-                prep.checkpoint,
-                prep.offload,
-                prep.dtype,
-                prep.device,
+                config.model, prep.checkpoint, prep.offload, prep.dtype, prep.device
             )
         # A streamed model reads every layer afresh from the checkpoint: it stays dense.
         source_is_dense = prep.offload == "layer"
