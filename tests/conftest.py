@@ -189,3 +189,19 @@ def bad_matrix_files(tmp_path) -> dict[str, Path]:
     nan[0, 0] = float("nan")
     torch.save(nan, paths.setdefault("nan", tmp_path / "nan.pt"))
     return paths
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A two-node Ray cluster on 127.0.0.1 (1 CPU per node), started for the session and ended
+    by killing exactly its own processes (tests/ray_cluster.py); skips where Ray is missing."""
+    from ray_cluster import LoopbackCluster, ray_available
+
+    missing = ray_available()
+    if missing:
+        pytest.skip(missing)
+    cluster = LoopbackCluster(workers=1, cpus=1)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

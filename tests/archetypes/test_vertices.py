@@ -787,6 +787,68 @@ def test_resume_after_any_block_gives_the_uninterrupted_scan(data, quota):
             assert first[key] + rest[key] == full_records[key], (cut, key)
 
 
+def test_blocks_scanned_ahead_and_merged_in_order_give_the_in_process_scan(data):
+    """Ray at its most eager: every block read and scanned before the first is merged, each
+    with the needs of the scan's start. Merged in block order, the finds still give the
+    one-block-at-a-time scan, although clusters fill their quota mid-scan (a full cluster's
+    finds in later blocks are dropped) and blocks hold more candidate chunks of a vertex than it
+    still needs when merged (they are cut to the earliest)."""
+    from featgeo.archetypes.vertices import (
+        VertexModels,
+        merge_block,
+        read_block,
+        scan_block,
+        scan_plan,
+    )
+
+    quota, models = 2, all_models(data)
+    settings = VertexSettings(samples_per_vertex=quota, block_tokens=11)
+    want_state, want, _ = run(data.store, models, settings)
+    assert want_state.stopped == "quota" and want_state.next_row < data.store.n_tokens
+    blocks, end = scan_plan(data.store, settings, 0)
+    assert end == "store_end" and blocks[-1][1] == data.store.n_tokens
+    needs = {m.key: [quota] * m.k for m in models}
+    latents_of = {m.key: m.latent_indices for m in models}
+    shipped = VertexModels("ahead", data.store.d_sae, models)
+    finds = [scan_block(read_block(data.store, s, e, needs, latents_of), shipped,
+                        settings.threshold, "cpu") for s, e in blocks]  # fmt: skip
+    state = ScanState(clusters={m.key: ClusterProgress(0, 0, [0] * m.k, [0] * m.k) for m in models})
+    got: dict[str, list[VertexRecord]] = {m.key: [] for m in models}
+    dropped = cut = 0
+    for found in finds:
+        full = {key for key, p in state.clusters.items() if p.done}
+        kept = merge_block(state, found, quota)
+        for key, model_finds in found.models.items():
+            if key in full:
+                dropped += 1
+                assert key not in kept
+                continue
+            cut += len(model_finds.candidates) - len(kept[key])
+            got[key].extend(kept[key])
+        if all(p.done for p in state.clusters.values()):
+            break
+    assert dropped > 0 and cut > 0
+    assert got == want
+    assert state.clusters == want_state.clusters
+    assert (state.next_row, state.tokens_scanned, state.chunks_scanned) == (
+        want_state.next_row, want_state.tokens_scanned, want_state.chunks_scanned)  # fmt: skip
+    state.stopped = "quota"
+    assert_matches_reference(data, models, settings, state, got, counts=False)
+
+
+def test_scan_plan_cuts_whole_chunks_within_the_budget(data):
+    from featgeo.archetypes.vertices import scan_plan
+
+    s, e = data.bounds[len(data.bounds) // 2]
+    settings = VertexSettings(max_tokens=s + 2, block_tokens=6)
+    blocks, end = scan_plan(data.store, settings, 0)
+    assert end == "budget" and blocks[0][0] == 0 and blocks[-1][1] == s
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:], strict=False))
+    assert all(data.pos[start] == 1 for start, _ in blocks)
+    later, _ = scan_plan(data.store, settings, blocks[2][0], blocks[2][0])
+    assert later == blocks[2:]
+
+
 def test_resume_of_a_finished_scan_yields_nothing_new(data):
     settings = VertexSettings(samples_per_vertex=BIG, block_tokens=50)
     state, _, _ = run(data.store, all_models(data), settings)

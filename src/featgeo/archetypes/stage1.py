@@ -191,6 +191,8 @@ def run_stage1(
     clusters_dir: str | Path | None = None,
     device: str = "auto",
     workers: int | str = "auto",
+    executor: str = "local",
+    ray_address: str | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> Stage1Result:
@@ -204,13 +206,19 @@ def run_stage1(
             clusters into ``save_dir/latent_clusters``.
         device: where the stacks train; workers: processes training units side by side
             (:func:`featgeo.archetypes.executors.resolve_workers`).
+        executor, ray_address: ``local``, or ``ray`` to train the units as tasks on the Ray
+            cluster at ``ray_address`` (:mod:`featgeo.executors`); the files are the same.
         force: replace a run of other settings in ``save_dir``.
 
     Raises:
         ValueError / FileNotFoundError / FileExistsError / NotADirectoryError: bad input,
         named with its fix, before anything is written (a save dir holding a run with other
-        settings needs ``force``), or another process is writing the same save dir.
+        settings needs ``force``), or another process is writing the same save dir;
+        ``executor="ray"`` without Ray installed, or no Ray cluster at ``ray_address``.
     """
+    from featgeo.archetypes.executors import check_executor_options
+    from featgeo.executors import connect
+
     config = config or Stage1Config()
     if not isinstance(config, Stage1Config):
         raise TypeError(f"config must be a Stage1Config, got {type(config).__name__}")
@@ -218,18 +226,21 @@ def run_stage1(
         raise ValueError("--save-dir is empty; pass the folder Stage 1 writes into")
     save_dir = Path(save_dir)
     check_save_dir(save_dir, config.n_clusters)
-    with exclusive_dir(save_dir, "--save-dir"):
+    spec = check_executor_options(executor, ray_address, workers)
+    with connect(spec) as pool, exclusive_dir(save_dir, "--save-dir"):
         return _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force,
-                           progress)  # fmt: skip
+                           progress, pool)  # fmt: skip
 
 
-def _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force, progress):
+def _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force, progress, pool):
     from featgeo.activations.hooks import sae_hook_point
-    from featgeo.archetypes.batched import check_device
+    from featgeo.archetypes.executors import run_devices
     from featgeo.sae.saelens_format import load_sae, sae_fingerprint
 
-    torch_device = check_device(device)
-    workers = resolve_workers(workers, torch_device)
+    torch_device, driver_device = run_devices(device, pool)
+    workers = pool.slots(1, torch_device.type == "cuda") if pool else resolve_workers(
+        workers, torch_device
+    )  # fmt: skip
     sae = load_sae(sae_path)
     sae_hook_point(sae, config.layer)  # an SAE whose hook names no layer needs --layer
     too_many = [n for n in config.n_clusters if n > sae.cfg.d_sae]
@@ -257,7 +268,7 @@ def _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force
     check_settings(save_dir, previous, settings)
 
     start = time.perf_counter()
-    store = activation_store(sae, config, str(torch_device))
+    store = activation_store(sae, config, str(driver_device))
     store_seconds = time.perf_counter() - start
     check_live_n_clusters(store, list(config.n_clusters))
     if explicit:  # checked (and never written) before --force removes anything
@@ -268,7 +279,7 @@ def _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force
         clusters = latent_clusters(sae, store, str(sae_path), clusters_dir, config,
                                    explicit=False)  # fmt: skip
 
-    run = _Run(sae, store, str(sae_path), save_dir, config, mpu, torch_device, workers)
+    run = _Run(sae, store, str(sae_path), save_dir, config, mpu, torch_device, workers, pool)
     info = dict(previous or {})
     info.setdefault("completed", {})
     todo = [n for n in config.n_clusters if not run.finished(n, info, clusters[n])]
@@ -283,6 +294,7 @@ def _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force
             plan={"models_per_unit": mpu},
             device=str(torch_device),
             workers=workers,
+            executor=pool.describe() if pool else {"executor": "local"},
             status="running",
         )
         info.setdefault("timings", {})["store"] = store_seconds
@@ -291,11 +303,9 @@ def _run_stage1(sae_path, save_dir, config, clusters_dir, device, workers, force
     total = sum(len(clusters[n].rows) * len(config.ks) for n in todo)
     per_n = []
     with models_progress(progress and bool(todo), total) as bar:
-        for n in config.n_clusters:
-            if n in todo:
-                info["completed"][str(n)] = run.train_n(n, clusters[n], bar, settings)
-                write_json(save_dir / STAGE1_FILE, info)
-            per_n.append(run.result(n, info["completed"][str(n)], reused=n not in todo))
+        run.train(todo, clusters, bar, settings, info)
+    for n in config.n_clusters:
+        per_n.append(run.result(n, info["completed"][str(n)], reused=n not in todo))
     if todo:
         info["status"] = "complete"
         write_json(save_dir / STAGE1_FILE, info)
@@ -341,12 +351,34 @@ def store_info(store) -> dict[str, Any]:
     }
 
 
-class _Run:
-    """The per-n work of one :func:`run_stage1` call."""
+@dataclass(eq=False)
+class _NWork:
+    """One n's units while they train: built in ``folder`` (the hidden partial folder)."""
 
-    def __init__(self, sae, store, sae_id, save_dir, config, mpu, device, workers):
+    n: int
+    clusters: LatentClusters
+    folder: Path
+    plan: list[list[int]] = field(default_factory=list)
+    finished: dict[int, dict] = field(default_factory=dict)
+    pending: list[TrainUnit] = field(default_factory=list)
+    remaining: int = 0
+    """Pending units not yet finished."""
+    data_seconds: float = 0.0
+    wall: float = 0.0
+    """Training wall seconds of earlier attempts, then of this one too once n is done."""
+
+    @property
+    def units_dir(self) -> Path:
+        return self.folder / UNITS_DIR
+
+
+class _Run:
+    """The work of one :func:`run_stage1` call."""
+
+    def __init__(self, sae, store, sae_id, save_dir, config, mpu, device, workers, pool):
         self.sae, self.store, self.sae_id, self.save_dir = sae, store, sae_id, save_dir
         self.config, self.mpu, self.device, self.workers = config, mpu, device, workers
+        self.pool = pool
 
     def finished(self, n: int, info: dict, clusters: LatentClusters) -> bool:
         """Whether n is done; a finished n whose latent clusters changed since is an error."""
@@ -372,41 +404,66 @@ class _Run:
             reused=reused,
         )
 
-    def train_n(self, n: int, clusters: LatentClusters, bar, settings: dict) -> dict:
-        """Train (or finish) every unit of n, write its folder; returns its stage1.json entry."""
+    def train(self, todo: list[int], clusters: dict[int, LatentClusters], bar, settings: dict,
+              info: dict) -> None:  # fmt: skip
+        """Train (or finish) every unit of every n in ``todo`` in one stream, so that workers
+        stay busy across n values; each n's folder is written as soon as its last unit is done
+        and recorded in ``info["completed"]`` (and stage1.json)."""
+        works = [self._plan_n(n, clusters[n], bar, settings) for n in todo]
+        for work in works:
+            if not work.pending:
+                self._complete(work, info)
+        pending = [unit for work in works for unit in work.pending]
+        work_of = {id(unit): work for work in works for unit in work.pending}
+        bar.set_running(min(self.workers, len(pending)))
+        start = last = time.perf_counter()
+        for unit, fits, seconds in execute_units(
+            pending, device=self.device, workers=self.workers, on_step=bar.step, pool=self.pool,
+            on_busy=bar.busy,
+        ):
+            work = work_of[id(unit)]
+            work.finished[unit.index] = self._save_unit(work.n, unit, fits, seconds, work.folder)
+            work.remaining -= 1
+            now = time.perf_counter()
+            save_wall_seconds(work.units_dir, work.wall + now - start)
+            bar.finish_unit(unit.n_models)
+            if not work.remaining:
+                # n's share of the wall clock: since the previous n was done (the shares add up
+                # to the whole; one process training n after n gets each n's own time)
+                work.wall += now - last
+                last = now
+                self._complete(work, info)
+
+    def _plan_n(self, n: int, clusters: LatentClusters, bar, settings: dict) -> _NWork:
+        """n's units, finished (read back from an earlier attempt) and pending."""
         config, ks = self.config, self.config.ks
-        final = self.save_dir / f"clusters_{n}"
-        work = partial_dir(final)
-        units_dir = work / UNITS_DIR
+        work = _NWork(n, clusters, partial_dir(self.save_dir / f"clusters_{n}"))
         start = time.perf_counter()
         datas = clusters_data(self.sae, self.store, read_clusters(clusters.folder),
                               space=config.space)  # fmt: skip
         by_id = {d.cluster_id: d for d in datas}
-        plan = [[datas[j].cluster_id for j in unit] for unit in plan_units(datas, ks, self.mpu)]
-        start_units(units_dir, plan, settings)
-        data_seconds = time.perf_counter() - start
-
-        finished, pending = {}, []
-        for index, cluster_ids in enumerate(plan):
-            done = read_unit(units_dir, index, cluster_ids, len(ks))
+        work.plan = [[datas[j].cluster_id for j in unit]
+                     for unit in plan_units(datas, ks, self.mpu)]  # fmt: skip
+        start_units(work.units_dir, work.plan, settings)
+        work.data_seconds = time.perf_counter() - start
+        for index, cluster_ids in enumerate(work.plan):
+            done = read_unit(work.units_dir, index, cluster_ids, len(ks))
             if done is not None:
-                finished[index] = done
+                work.finished[index] = done
                 bar.finish_unit(len(cluster_ids) * len(ks))
                 continue
-            pending.append(TrainUnit(index, [by_id[c] for c in cluster_ids], self.store.n_tokens,
-                                     tuple(ks), config.aanet, config.batch_tokens, config.knn,
-                                     config.max_warmup, config.dtype))  # fmt: skip
-        bar.set_running(min(self.workers, len(pending)))
-        wall, start = wall_seconds(units_dir), time.perf_counter()
-        for unit, fits, seconds in execute_units(
-            pending, device=self.device, workers=self.workers, on_step=bar.step
-        ):
-            finished[unit.index] = self._save_unit(n, unit, fits, seconds, work)
-            save_wall_seconds(units_dir, wall + time.perf_counter() - start)
-            bar.finish_unit(unit.n_models)
-        wall += time.perf_counter() - start
-        records = [r for index in range(len(plan)) for r in finished[index]["records"]]
+            work.pending.append(TrainUnit(index, [by_id[c] for c in cluster_ids],
+                                          self.store.n_tokens, tuple(ks), config.aanet,
+                                          config.batch_tokens, config.knn, config.max_warmup,
+                                          config.dtype))  # fmt: skip
+        work.wall = wall_seconds(work.units_dir)
+        work.remaining = len(work.pending)
+        return work
 
+    def _complete(self, work: _NWork, info: dict) -> None:
+        """Write n's tables and folder from its finished units; record it in stage1.json."""
+        config, n, clusters = self.config, work.n, work.clusters
+        records = [r for index in range(len(work.plan)) for r in work.finished[index]["records"]]
         start = time.perf_counter()
         rows = consolidated_rows(
             clusters.rows,
@@ -416,9 +473,9 @@ class _Run:
             criterion=config.criterion,
             filters=config.filters,
         )
-        passing = _write_tables(work, n, rows, records)
-        shutil.rmtree(units_dir)
-        replace_dir(work, final)
+        passing = _write_tables(work.folder, n, rows, records)
+        shutil.rmtree(work.units_dir)
+        replace_dir(work.folder, self.save_dir / f"clusters_{n}")
         counts: dict[str, int] = {}
         for record in records:
             counts[record["status"]] = counts.get(record["status"], 0) + 1
@@ -428,11 +485,11 @@ class _Run:
         seconds = {
             # a reused clustering cost nothing in this run (its own time is in clustering.json)
             "clustering": float(clusters.info.get("seconds", 0.0)) if clusters.built else 0.0,
-            "data": data_seconds,
-            "training": wall,
+            "data": work.data_seconds,
+            "training": work.wall,
             "tables_and_plots": time.perf_counter() - start,
         }
-        return {
+        info["completed"][str(n)] = {
             "n_clusters_found": len(clusters.rows),
             "n_models": len(records),
             "clusters_reused": not clusters.built,
@@ -440,8 +497,9 @@ class _Run:
             "status_counts": counts,
             "n_passing": passing,
             "seconds": seconds,
-            "unit_seconds": sum(done["seconds"] for done in finished.values()),
+            "unit_seconds": sum(done["seconds"] for done in work.finished.values()),
         }
+        write_json(self.save_dir / STAGE1_FILE, info)
 
     def _save_unit(self, n: int, unit: TrainUnit, fits, seconds: float, work: Path) -> dict:
         """Write a finished unit's models, then its record (the resume marker)."""
@@ -489,6 +547,7 @@ class _Bar:
         self.progress, self.task = progress, task
         self.done = 0  # models of finished units
         self.running = 1
+        self.remote = False  # units run on Ray
 
     def _show(self, completed: int, status: str) -> None:
         if self.progress is not None:
@@ -499,12 +558,18 @@ class _Bar:
         if workers > 1:
             self._show(self.done, f"{workers} workers busy")
 
+    def busy(self, workers: int) -> None:
+        """Ray: ``workers`` tasks are running."""
+        self.running, self.remote = workers, True
+        self._show(self.done, f"{workers} workers busy")
+
     def step(self, unit: TrainUnit, step: int, n_training: int) -> None:
         self._show(self.done + unit.n_models - n_training, f"{n_training} training")
 
     def finish_unit(self, n_models: int) -> None:
         self.done += n_models
-        busy = f"{self.running} workers busy" if self.running > 1 else "0 training"
+        remote = self.running > 1 or self.remote
+        busy = f"{self.running} workers busy" if remote else "0 training"
         self._show(self.done, busy)
 
 

@@ -16,6 +16,13 @@
    held-out ``split`` (``vertex``; never the split the AANets trained on) is built once (cached
    and reused by later runs) and scanned once for all selected clusters together.
 
+Executors: locally, MODE 1's units train in ``workers`` processes and the scan runs in this
+process; with ``executor="ray"`` (:mod:`featgeo.executors`) the refits and the scan's blocks
+run as tasks on a Ray cluster, the same files either way. Only arrays and small models travel,
+through Ray's object store: each refit unit its clusters' training data, the scan the AANets
+once and then each block's arrays (read here from the store); the driver writes every file, so
+the nodes need no shared filesystem. ``stage3.json`` records the executor.
+
 Files: :mod:`featgeo.archetypes.stage3_files`. Resume: the run is built in
 ``{save_dir}/.stage3.partial``; a retrained unit leaves a record, the scan a checkpoint after
 every block (the samples files are cut back to it on resume, so no record is written twice),
@@ -150,6 +157,8 @@ def run_stage3(
     sae: str | Path | None = None,
     device: str = "auto",
     workers: int | str = "auto",
+    executor: str = "local",
+    ray_address: str | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> Stage3Result:
@@ -165,6 +174,9 @@ def run_stage3(
             (default ``csv_dir``).
         sae: the SAE folder (default: the one ``stage1.json`` names; its fingerprint must match).
         device, workers: where and in how many processes MODE 1 trains; the scan's device.
+        executor, ray_address: ``local``, or ``ray`` to run MODE 1's refits and the vertex
+            scan's blocks as tasks on the Ray cluster at ``ray_address``
+            (:mod:`featgeo.executors`); the files are the same.
         force: replace a Stage 3 run of other settings in ``save_dir``.
 
     Raises:
@@ -173,8 +185,13 @@ def run_stage3(
             is not the refit k, the training split as ``split``, ...).
         NoClustersSelected: selection kept nothing (per-filter counts in the message).
         FileExistsError: ``save_dir`` holds a run with other settings (pass ``force``).
+        ValueError: ``executor="ray"`` without Ray installed, ``--workers N`` with it, or no Ray
+            cluster at ``ray_address``.
         Every input error is raised before anything is written.
     """
+    from featgeo.archetypes.executors import check_executor_options
+    from featgeo.executors import connect
+
     config = config or Stage3Config()
     if not isinstance(config, Stage3Config):
         raise TypeError(f"config must be a Stage3Config, got {type(config).__name__}")
@@ -192,19 +209,21 @@ def run_stage3(
             "--manual, --refit-k); drop them, or drop --selection to select here"
         )
     check_save_dir(save_dir, config.n_clusters)
-    with exclusive_dir(save_dir, "--save-dir"):
-        run = _Run(csv_dir, save_dir, config, device, workers, progress)
+    spec = check_executor_options(executor, ray_address, workers)
+    with connect(spec) as pool, exclusive_dir(save_dir, "--save-dir"):
+        run = _Run(csv_dir, save_dir, config, device, workers, progress, pool)
         return run.run(selection, stage1_models_dir, sae, force)
 
 
 class _Run:
-    def __init__(self, csv_dir, save_dir, config, device, workers, progress):
-        from featgeo.archetypes.batched import check_device
-        from featgeo.archetypes.executors import check_workers
+    def __init__(self, csv_dir, save_dir, config, device, workers, progress, pool):
+        from featgeo.archetypes.executors import check_workers, run_devices
 
         self.csv_dir, self.save_dir, self.config = csv_dir, save_dir, config
-        self.device = check_device(device)
+        # units (refits, scan blocks) run on ``device``; the driver builds the stores on its own
+        self.device, self.driver_device = run_devices(device, pool)
         self.workers = check_workers(workers)
+        self.pool = pool
         self.progress = progress
         self.work = save_dir / WORK_DIR
         self.seconds: dict[str, float] = {}
@@ -295,6 +314,7 @@ class _Run:
             "selection": selection_info,
             "settings": self.settings,
             "device": str(self.device),
+            "executor": self.pool.describe() if self.pool else {"executor": "local"},
             "status": "running",
         }
         self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -499,7 +519,7 @@ class _Run:
         from featgeo.archetypes.units import TrainUnit, plan_units
 
         s1, config = self.s1, self.config
-        store = activation_store(self.sae, s1, str(self.device))
+        store = activation_store(self.sae, s1, str(self.driver_device))
         mpu = config.models_per_unit
         mpu = auto_models_per_stack(self.device) if mpu == "auto" else mpu
         units, rows_of = [], {}
@@ -530,12 +550,20 @@ class _Run:
         units_dir = self.work / ".units"
         units_dir.mkdir(parents=True, exist_ok=True)
         pending = [u for u in units if not self._unit_done(units_dir, u, rows_of[u.index])]
-        workers = resolve_workers(self.workers, self.device)
+        if self.pool is not None:
+            workers = self.pool.slots(1, self.device.type == "cuda")
+        else:
+            workers = resolve_workers(self.workers, self.device)
         total = sum(u.n_models for u in pending)
         with models_progress(self.progress and bool(pending), total, "refit AANets") as bar:
             bar.set_running(min(workers, len(pending)))
             for unit, fits, seconds in execute_units(
-                pending, device=self.device, workers=workers, on_step=bar.step
+                pending,
+                device=self.device,
+                workers=workers,
+                on_step=bar.step,
+                pool=self.pool,
+                on_busy=bar.busy,
             ):
                 by_id = {d.cluster_id: d for d in unit.datas}
                 for fit in fits:
@@ -623,7 +651,7 @@ class _Run:
 
         config = self.config
         vertex = dataclasses.replace(self.s1, split=config.split, store_tokens=config.store_tokens)
-        return activation_store(self.sae, vertex, str(self.device))
+        return activation_store(self.sae, vertex, str(self.driver_device))
 
     def _collect(self) -> ScanState:
         config = self.config
@@ -644,7 +672,8 @@ class _Run:
         text = self.text
         budget = config.vertex.max_tokens or self.store.n_tokens
         with _token_bar(self.progress, min(budget, self.store.n_tokens)) as bar:
-            scan = scan_vertices(self.store, models, config.vertex, state=state, device=self.device)
+            scan = scan_vertices(self.store, models, config.vertex, state=state, device=self.device,
+                                 pool=self.pool, on_busy=bar.busy)  # fmt: skip
             for state, records in scan:  # noqa: B020 - the last state is the result
                 for key, found in records.items():
                     append_jsonl(files[key], [_record_json(rows_of[key], r, text) for r in found])
@@ -943,30 +972,45 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+class _TokenBar:
+    """Store tokens scanned, clusters full and, on Ray, the workers busy."""
+
+    def __init__(self, progress, task):
+        self.progress, self.task = progress, task
+        self.completed, self.full, self.workers = 0, "", ""
+
+    def _show(self) -> None:
+        if self.progress is not None:
+            status = ", ".join(part for part in (self.full, self.workers) if part)
+            self.progress.update(self.task, completed=self.completed, status=status)
+
+    def __call__(self, state: ScanState) -> None:
+        done = sum(p.done for p in state.clusters.values())
+        self.completed = state.tokens_scanned
+        self.full = f"{done}/{len(state.clusters)} clusters full"
+        self._show()
+
+    def busy(self, workers: int) -> None:
+        """Ray: ``workers`` tasks are running."""
+        self.workers = f"{workers} workers busy"
+        self._show()
+
+
 class _token_bar:
-    """A rich bar of store tokens scanned (or nothing)."""
+    """A rich bar of store tokens scanned (:class:`_TokenBar`), or nothing."""
 
     def __init__(self, enabled: bool, total: int):
         self.enabled, self.total, self.progress = enabled, total, None
 
-    def __enter__(self):
+    def __enter__(self) -> _TokenBar:
         if not self.enabled:
-            return lambda state: None
+            return _TokenBar(None, None)
         from featgeo.progress import progress_bar
 
         self.progress = progress_bar()
         self.progress.__enter__()
         task = self.progress.add_task("vertex samples (tokens)", total=self.total, status="")
-
-        def update(state: ScanState) -> None:
-            done = sum(p.done for p in state.clusters.values())
-            self.progress.update(
-                task,
-                completed=state.tokens_scanned,
-                status=f"{done}/{len(state.clusters)} clusters full",
-            )
-
-        return update
+        return _TokenBar(self.progress, task)
 
     def __exit__(self, *exc) -> None:
         if self.progress is not None:

@@ -18,14 +18,28 @@ vertex; the scan ends when every cluster is done, the token budget is spent, or 
 Because blocks depend only on the store and ``block_tokens``, a cluster's records and counts are
 the same whether it is scanned alone or with any other clusters; :func:`scan_vertices` on one
 model at a time is the seed's way, and ``benchmarks/vertex.py`` times both.
+
+Executors. The block boundaries are fixed in advance (:func:`scan_plan`: the store, the skipped
+documents, ``block_tokens`` and the token budget decide them). A block's work is a pure unit:
+the driver reads the block's arrays from the store (:func:`read_block`: the codes of the
+latents of the clusters still collecting, the rows' chunk ids, positions and token ids) and
+:func:`scan_block` turns them into each cluster's counts and candidate records without touching
+the scan's state; the driver merges the units' finds strictly in block order
+(:func:`merge_block`), so a cluster's records are those of a one-block-at-a-time scan. Locally
+the units run one after the other in this process; with a Ray ``pool`` (:mod:`featgeo.executors`)
+they run as tasks, a few blocks ahead of the merge, and the scan cancels those still in flight
+once every cluster is done. What travels through Ray's object store: the models once per scan
+(latent ids, decoder rows, AANets; each worker moves them to its device once) and each block's
+arrays; the nodes need no shared filesystem and no copy of the store.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +48,9 @@ from featgeo.archetypes.aanet import AANet
 from featgeo.archetypes.data import ACTIVE_THRESHOLD
 from featgeo.archetypes.network import encode
 from featgeo.archetypes.simplex import barycentric_operator
+
+if TYPE_CHECKING:
+    from featgeo.executors import RayPool
 
 MAX_THRESHOLD = math.sqrt(2.0)
 """The largest meaningful threshold: the distance between two vertices in lambda space."""
@@ -235,6 +252,8 @@ def scan_vertices(
     *,
     state: ScanState | None = None,
     device: str | torch.device = "cpu",
+    pool: RayPool | None = None,
+    on_busy: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[ScanState, dict[str, list[VertexRecord]]]]:
     """Scan ``store`` once for every model; yield ``(state, records by model key)`` per block.
 
@@ -246,52 +265,99 @@ def scan_vertices(
         store: :class:`~featgeo.activations.store.ActivationStore` of the held-out split.
         models: the clusters' AANets (:class:`VertexModel`, distinct keys).
         settings: threshold, quota, budget (:class:`VertexSettings`).
+        device: where the AANets run (on Ray: where each block's task runs them; ``auto`` is
+            CUDA when the cluster has GPUs).
+        pool: a connected Ray cluster (:func:`featgeo.executors.connect`); blocks then run as
+            its tasks, with the same results.
+        on_busy: ``(busy)`` with the number of Ray tasks running, as it changes.
 
     Raises:
-        ValueError: bad settings, latents outside the store's SAE, or a state of other models.
+        ValueError: bad settings, latents outside the store's SAE, a state of other models, or
+            a device the machine (or the Ray cluster) does not have.
     """
     from featgeo.archetypes.batched import check_device
 
     settings = settings or VertexSettings()
-    device = check_device(device)
+    device = check_device(device) if pool is None else pool.unit_device(str(device))
     check_models(models, store.d_sae)
     if state is None:
         state = ScanState(next_row=_first_row(store, settings.skip_docs))
         state.clusters = {m.key: ClusterProgress(0, 0, [0] * m.k, [0] * m.k) for m in models}
     elif set(state.clusters) != {m.key for m in models}:
         raise ValueError("the scan state belongs to other models; start the scan again")
-    prepared = [_Prepared(m, device) for m in models]
-    groups = _groups(models, store.d_sae)
-    budget = settings.max_tokens if settings.max_tokens is not None else math.inf
-    quota, n = settings.samples_per_vertex, store.n_tokens
+    quota = settings.samples_per_vertex
     _update_done(state, quota)
     if state.stopped is not None:  # a finished scan, resumed: its state is the result
         yield state, {}
         return
-    while state.stopped is None:
-        start = state.next_row
-        if all(p.done for p in state.clusters.values()):
-            state.stopped = "quota"
-        elif start >= n:
-            state.stopped = "store_end"
-        else:
-            stop = _next_boundary(store, min(n, start + settings.block_tokens), forward=True)
-            if state.tokens_scanned + (stop - start) > budget:
-                stop = _next_boundary(
-                    store, start + int(budget - state.tokens_scanned), forward=False
-                )
-            if stop <= start:
-                state.stopped = "budget"
-        if state.stopped is not None:
-            yield state, {}
-            return
-        records = _scan_block(store, start, stop, prepared, groups, state, settings, device)
-        ids = _chunk_ids(store, start, stop)
-        state.chunks_scanned += int(np.count_nonzero(ids[1:] != ids[:-1])) + 1
-        state.tokens_scanned += stop - start
-        state.next_row = stop
-        _update_done(state, quota)
-        yield state, records
+    blocks, end = scan_plan(store, settings, state.next_row, state.tokens_scanned)
+    latents_of = {m.key: m.latent_indices for m in models}
+    shipped = VertexModels(uuid.uuid4().hex, store.d_sae, list(models))
+
+    def units() -> Iterator[BlockUnit]:
+        # read when the unit is submitted: the clusters full by then are left out of it
+        for start, stop in blocks:
+            wanted = {
+                key: [max(0, quota - r) for r in p.records]
+                for key, p in state.clusters.items()
+                if not p.done
+            }
+            if not wanted:
+                return
+            yield read_block(store, start, stop, wanted, latents_of)
+
+    results = _run_blocks(units(), (shipped, settings.threshold, str(device)), pool, on_busy)
+    try:
+        for found in results:  # block order, whatever order they finished in
+            records = merge_block(state, found, quota)
+            if all(p.done for p in state.clusters.values()):
+                results.close()  # cancels the blocks still in flight: nobody needs them
+                yield state, records
+                break
+            yield state, records
+        if pool is not None and on_busy is not None:
+            on_busy(0)  # also when the blocks still in flight were cancelled
+        state.stopped = "quota" if all(p.done for p in state.clusters.values()) else end
+        yield state, {}
+    finally:
+        results.close()
+        _PREPARED.pop(shipped.token, None)
+
+
+def _run_blocks(units, shared, pool, on_busy) -> Generator[BlockFinds, None, None]:
+    """:func:`scan_block` of every unit, in the units' order: here, or as Ray tasks (one CPU, or
+    one GPU for CUDA) of which a few run ahead of the merge."""
+    if pool is None:
+        return (scan_block(unit, *shared) for unit in units)
+    gpus = 1 if torch.device(shared[2]).type == "cuda" else 0
+    return pool.map_ordered(scan_block, units, shared=shared, num_cpus=1, num_gpus=gpus,
+                            on_busy=on_busy)  # fmt: skip
+
+
+def scan_plan(
+    store, settings: VertexSettings, next_row: int, tokens_scanned: int = 0
+) -> tuple[list[tuple[int, int]], str]:
+    """The blocks a scan reads from ``next_row`` on, ``tokens_scanned`` of the budget spent.
+
+    Returns:
+        ``([(start, stop), ...], end)``: row ranges of whole chunks, about ``block_tokens`` each,
+        and why the store stops giving blocks (``store_end``, or ``budget`` when the next chunk
+        would overrun the token budget). A scan ends earlier, ``quota``, when every cluster is
+        done.
+    """
+    budget = settings.max_tokens if settings.max_tokens is not None else math.inf
+    n, row, blocks = store.n_tokens, next_row, []
+    while True:
+        if row >= n:
+            return blocks, "store_end"
+        stop = _next_boundary(store, min(n, row + settings.block_tokens), forward=True)
+        if tokens_scanned + (stop - row) > budget:
+            stop = _next_boundary(store, row + int(budget - tokens_scanned), forward=False)
+        if stop <= row:
+            return blocks, "budget"
+        blocks.append((row, stop))
+        tokens_scanned += stop - row
+        row = stop
 
 
 def check_scan(store, settings: VertexSettings) -> None:
@@ -328,20 +394,109 @@ def _update_done(state: ScanState, quota: int) -> None:
         progress.done = progress.done or all(r >= quota for r in progress.records)
 
 
-def _scan_block(store, start, stop, prepared, groups, state, settings, device):
-    """Records of one block (rows start..stop, whole chunks) for every model still collecting."""
+# -- a block's unit of work --------------------------------------------------------------------
+@dataclass
+class VertexModels:
+    """The scan's models as they travel to the workers (once per scan)."""
+
+    token: str
+    """Unique per scan: a worker prepares the models once per scan, not once per block."""
+    d_sae: int
+    models: list[VertexModel]
+
+
+@dataclass
+class BlockUnit:
+    """One block (store rows ``start..stop``, whole chunks) as read by the driver, and the clusters
+    still collecting when it was read. Only the codes of their latents are kept: the other codes
+    could not change any of their records or counts."""
+
+    start: int
+    stop: int
+    entry_row: np.ndarray
+    """int64 [n_entries] block row (0 = ``start``) of each kept code, ascending."""
+    latents: np.ndarray
+    """int [n_entries] the codes' latents (the store's dtype)."""
+    values: np.ndarray
+    """float32 [n_entries] the codes."""
+    chunk: np.ndarray
+    """int64 [stop - start] ``doc_index << 32 | chunk_index`` of each row."""
+    position: np.ndarray
+    """int [stop - start] each row's position in its chunk."""
+    token_ids: np.ndarray
+    """int [stop - start]."""
+    wanted: dict[str, list[int]]
+    """Key -> records each vertex still needed when the block was read."""
+
+
+@dataclass
+class ModelFinds:
+    """What one block holds for one model (with active tokens there)."""
+
+    active_tokens: int
+    triggers: list[int]
+    """Trigger tokens per vertex."""
+    candidates: list[VertexRecord]
+    """Per vertex, in chunk order, at most the records it still needed; sorted by vertex."""
+
+
+@dataclass
+class BlockFinds:
+    """The result of one block's unit (:func:`scan_block`), for :func:`merge_block`."""
+
+    start: int
+    stop: int
+    n_chunks: int
+    models: dict[str, ModelFinds]
+
+
+def read_block(store, start: int, stop: int, wanted: dict[str, list[int]],
+               latents_of: dict[str, np.ndarray]) -> BlockUnit:  # fmt: skip
+    """The :class:`BlockUnit` of rows ``start..stop`` (whole chunks) for the clusters
+    ``wanted`` (key -> records still needed per vertex), whose latent ids ``latents_of`` gives."""
     indptr = np.asarray(store.indptr[start : stop + 1], dtype=np.int64)
     lo, hi = int(indptr[0]), int(indptr[-1])
-    latents = np.asarray(store.latents[lo:hi], dtype=np.int64)
+    latents = np.asarray(store.latents[lo:hi])
     values = np.asarray(store.values[lo:hi], dtype=np.float32)
-    entry_row = np.repeat(np.arange(stop - start), np.diff(indptr))
-    block = _Block(
+    entry_row = np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(indptr))
+    useful = np.zeros(store.d_sae, dtype=bool)
+    for key in wanted:
+        useful[latents_of[key]] = True
+    keep = useful[latents]
+    return BlockUnit(
         start,
+        stop,
+        entry_row[keep],
+        latents[keep],
+        values[keep],
         _chunk_ids(store, start, stop),
         np.asarray(store.position[start:stop]),
         np.asarray(store.token_ids[start:stop]),
+        wanted,
     )
-    out: dict[str, list[VertexRecord]] = {}
+
+
+_PREPARED: dict[str, tuple[torch.device, list[_Prepared], list]] = {}
+"""The models of the scan this process works for, on its device (token -> ...)."""
+
+
+def _prepare(models: VertexModels, device: torch.device):
+    found = _PREPARED.get(models.token)
+    if found is None or found[0] != device:
+        _PREPARED.clear()  # a worker serves one scan at a time: free the last one's tensors
+        prepared = [_Prepared(m, device) for m in models.models]
+        found = (device, prepared, _groups(models.models, models.d_sae))
+        _PREPARED[models.token] = found
+    return found[1], found[2]
+
+
+def scan_block(unit: BlockUnit, models: VertexModels, threshold: float, device: str) -> BlockFinds:
+    """The finds of one block for every model in ``unit.wanted``; reads nothing but its
+    arguments and changes no scan state (a Ray task, or called in process)."""
+    device = torch.device(device)
+    prepared, groups = _prepare(models, device)
+    latents, values, entry_row = unit.latents, unit.values, unit.entry_row
+    out: dict[str, ModelFinds] = {}
     for slot_of, col_of in groups:
         slot = slot_of[latents]
         hit = np.flatnonzero(slot >= 0)
@@ -354,8 +509,8 @@ def _scan_block(store, start, stop, prepared, groups, state, settings, device):
         bounds = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1], True])
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             model = prepared[int(slots[a])]
-            progress = state.clusters[model.key]
-            if progress.done:
+            needed = unit.wanted.get(model.key)
+            if needed is None:  # full when the block was read
                 continue
             entries = order[a:b]
             # entries are in row order (the sort is stable), so runs of equal rows are tokens
@@ -369,65 +524,100 @@ def _scan_block(store, start, stop, prepared, groups, state, settings, device):
             rows, codes = rows[active], codes[active]
             if not rows.size:
                 continue
-            progress.active_tokens += int(rows.size)
             lam = model.lambdas(codes, device)
             sq = (lam * lam).sum(dim=1, keepdim=True)
             dist = torch.sqrt(torch.clamp(sq - 2.0 * lam + 1.0, min=0.0)).cpu().numpy()
-            out[model.key] = _records(block, rows, dist, progress, settings)
-    for progress in state.clusters.values():
-        if not progress.done:
-            progress.tokens_scanned += stop - start
-    return out
+            out[model.key] = _finds(unit, rows, dist, needed, threshold)
+    n_chunks = int(np.count_nonzero(unit.chunk[1:] != unit.chunk[:-1])) + 1
+    return BlockFinds(unit.start, unit.stop, n_chunks, out)
 
 
-@dataclass
-class _Block:
-    """The token columns of one block, read once from the store's memory maps."""
-
-    start: int
-    chunk: np.ndarray
-    position: np.ndarray
-    token_ids: np.ndarray
-
-
-def _records(block: _Block, rows, dist, progress, settings) -> list[VertexRecord]:
-    """The block's (chunk, vertex) records of one model, up to each vertex's quota; ``rows``
-    are the model's active tokens (block rows), ``dist [len(rows), k]`` their distances."""
-    token_row, vertex = np.nonzero(dist < settings.threshold)  # ordered by row, then vertex
-    for v in range(dist.shape[1]):
-        progress.triggers[v] += int(np.count_nonzero(vertex == v))
+def _finds(unit: BlockUnit, rows, dist, needed: list[int], threshold: float) -> ModelFinds:
+    """One model's finds; ``rows`` are its active tokens (block rows), ``dist [len(rows), k]``
+    their distances to the vertices."""
+    token_row, vertex = np.nonzero(dist < threshold)  # ordered by row, then vertex
+    triggers = np.bincount(vertex, minlength=dist.shape[1]).tolist()
     if not token_row.size:
-        return []
+        return ModelFinds(int(rows.size), triggers, [])
     block_rows = rows[token_row]
-    chunks = block.chunk[block_rows]
+    chunks = unit.chunk[block_rows]
     order = np.lexsort((block_rows, chunks, vertex))  # by vertex, chunk, position
     vs, cs, rs = vertex[order], chunks[order], block_rows[order]
-    ds = dist[token_row[order], vs].tolist()
-    positions, token_ids = block.position[rs].tolist(), block.token_ids[rs].tolist()
-    bounds = np.flatnonzero(np.r_[True, (vs[1:] != vs[:-1]) | (cs[1:] != cs[:-1]), True]).tolist()
-    records = []
-    for i, j in zip(bounds[:-1], bounds[1:], strict=True):  # one (vertex, chunk) group each
+    bounds = np.flatnonzero(np.r_[True, (vs[1:] != vs[:-1]) | (cs[1:] != cs[:-1]), True])
+    # a vertex's first records (chunk order) are the only ones it may keep
+    group_vertex = vs[bounds[:-1]]
+    first_of_vertex = np.searchsorted(group_vertex, group_vertex, side="left")
+    rank = np.arange(group_vertex.size) - first_of_vertex
+    kept = np.flatnonzero(rank < np.asarray(needed, dtype=np.int64)[group_vertex])
+    if not kept.size:
+        return ModelFinds(int(rows.size), triggers, [])
+    take = np.concatenate([np.arange(bounds[g], bounds[g + 1]) for g in kept])
+    ds = dist[token_row[order[take]], vs[take]].tolist()
+    positions = unit.position[rs[take]].tolist()
+    token_ids = unit.token_ids[rs[take]].tolist()
+    candidates, t = [], 0
+    for g in kept.tolist():
+        i, j = int(bounds[g]), int(bounds[g + 1])
         v, c = int(vs[i]), int(cs[i])
-        if progress.records[v] >= settings.samples_per_vertex:
-            continue
-        progress.records[v] += 1
-        triggers = [
-            {"distance": ds[t], "position": positions[t], "token_id": token_ids[t]}
-            for t in range(i, j)
+        triggers_of = [
+            {"distance": ds[x], "position": positions[x], "token_id": token_ids[x]}
+            for x in range(t, t + j - i)
         ]
-        first_row = block.start + int(rs[i]) - positions[i] + 1
-        records.append(VertexRecord(v, c >> 32, c & 0xFFFFFFFF, first_row, triggers))
-    records.sort(key=lambda r: (r.first_row, r.vertex))  # chunk order, as the text reads
-    return records
+        first_row = unit.start + int(rs[i]) - positions[t] + 1
+        candidates.append(VertexRecord(v, c >> 32, c & 0xFFFFFFFF, first_row, triggers_of))
+        t += j - i
+    return ModelFinds(int(rows.size), triggers, candidates)
+
+
+def merge_block(state: ScanState, found: BlockFinds, quota: int) -> dict[str, list[VertexRecord]]:
+    """Add one block's finds to ``state`` (blocks in order); returns the records kept, by model.
+
+    A cluster full at the block's start takes nothing from it; a vertex keeps the first of its
+    candidates (chunk order) up to ``quota`` records in all; a cluster's records come sorted
+    by ``(first_row, vertex)``, the order the text reads.
+    """
+    assert found.start == state.next_row, "blocks are merged in order"
+    out: dict[str, list[VertexRecord]] = {}
+    for key, finds in found.models.items():
+        progress = state.clusters[key]
+        if progress.done:
+            continue
+        progress.active_tokens += finds.active_tokens
+        for v, count in enumerate(finds.triggers):
+            progress.triggers[v] += count
+        records = []
+        for record in finds.candidates:
+            if progress.records[record.vertex] < quota:
+                progress.records[record.vertex] += 1
+                records.append(record)
+        records.sort(key=lambda r: (r.first_row, r.vertex))
+        out[key] = records
+    size = found.stop - found.start
+    for progress in state.clusters.values():
+        if not progress.done:
+            progress.tokens_scanned += size
+    state.chunks_scanned += found.n_chunks
+    state.tokens_scanned += size
+    state.next_row = found.stop
+    _update_done(state, quota)
+    return out
 
 
 __all__ = [
     "MAX_THRESHOLD",
+    "BlockFinds",
+    "BlockUnit",
+    "ModelFinds",
+    "VertexModels",
     "check_scan",
     "ClusterProgress",
     "ScanState",
     "VertexModel",
     "VertexRecord",
     "VertexSettings",
+    "merge_block",
+    "read_block",
+    "scan_block",
+    "scan_plan",
     "scan_vertices",
 ]

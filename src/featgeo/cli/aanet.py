@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from featgeo.cli.executor_options import EXECUTOR, RAY_ADDRESS
 from featgeo.progress import console
 
 app = typer.Typer(help="Archetypal analysis networks of SAE latent clusters (seed 002).")
@@ -93,6 +94,8 @@ def stage1(
         "workers",
         help="Processes training units side by side (auto: one per core on CPU, 1 on CUDA).",
     ),
+    executor: str = EXECUTOR,
+    ray_address: str = RAY_ADDRESS,
     force: bool = typer.Option(False, "--force", help="Replace a run with other settings."),
 ) -> None:
     """Train an AANet for every (cluster, k) of every n_clusters; CSV, curves, models, plots."""
@@ -129,6 +132,8 @@ def stage1(
         clusters_dir=clusters_dir,
         device=device,
         workers=_positive_or_auto(workers, "--workers"),
+        executor=executor,
+        ray_address=ray_address,
         force=force,
     )
     _print_summary(result)
@@ -391,6 +396,8 @@ def stage3(
     sae: str = _opt(None, "sae", "--sae_path", help="SAE folder (default: Stage 1's)."),
     device: str = _opt("auto", "device", help="auto, cpu or cuda."),
     workers: str = _opt("auto", "workers", help="MODE 1: processes training side by side."),
+    executor: str = EXECUTOR,
+    ray_address: str = RAY_ADDRESS,
     force: bool = typer.Option(False, "--force", help="Replace a run with other settings."),
 ) -> None:
     """Stage 3: refit (or reuse) the selected clusters and collect vertex samples in one pass."""
@@ -447,6 +454,8 @@ def stage3(
         sae=sae,
         device=device,
         workers=_positive_or_auto(workers, "--workers"),
+        executor=executor,
+        ray_address=ray_address,
         force=force,
     )
     _print_stage3(result)

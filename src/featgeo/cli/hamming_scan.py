@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from featgeo.cli.executor_options import EXECUTOR, RAY_ADDRESS
 from featgeo.progress import console
 
 
@@ -26,10 +27,11 @@ def scan(
         help="Block ordering for coherence_clustered: greedy (union-growing blocks, best "
         "coherence), nearest (Hamming-nearest blocks) or kmeans.",
     ),
+    executor: str = EXECUTOR,
+    ray_address: str = RAY_ADDRESS,
 ) -> None:
     """Scan every matrix of every method: sparsity, nearest-neighbour Hamming distance and MMM
     block coherence in the original, a random and a clustered order; CSV + heatmaps."""
-    from featgeo.models.loading import resolve_device
     from featgeo.sparsity.scan import run_scan, summarize
 
     result = run_scan(
@@ -39,8 +41,10 @@ def scan(
         block_size=block_size,
         axis=axis,
         seed=seed,
-        device=str(resolve_device(device)),
+        device=device,
         order_by=order_by,
+        executor=executor,
+        ray_address=ray_address,
     )
     table = Table(
         title=f"hamming scan of {len(result.rows)} matrices (blocks of {block_size}, "

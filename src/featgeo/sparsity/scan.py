@@ -198,8 +198,30 @@ def _matrix_rng(seed: int, key: tuple[str, int, str]) -> np.random.Generator:
 
 def scan_matrix(job: MatrixJob, config: ScanConfig, device: torch.device) -> dict:
     """One CSV row for one matrix (see COLUMNS)."""
+    return measure_masks(read_masks(job, config), config, device)
+
+
+class MatrixMasks(NamedTuple):
+    """What the measurements need of one matrix: its features' masks, shape and sparsity (a
+    scan unit; on Ray the driver reads the file and ships this)."""
+
+    job: MatrixJob
+    masks: np.ndarray
+    """bool [N, D], True where the weight is kept (:func:`feature_masks`)."""
+    shape: tuple[int, int]
+    sparsity: float
+
+
+def read_masks(job: MatrixJob, config: ScanConfig) -> MatrixMasks:
     matrix = load_matrix(job.path)
-    masks = feature_masks(matrix, config.axis, name=str(job.path), warn_dense=False)  # [N, D]
+    masks = feature_masks(matrix, config.axis, name=str(job.path), warn_dense=False)
+    return MatrixMasks(job, masks, tuple(matrix.shape), sparsity(matrix))
+
+
+def measure_masks(unit: MatrixMasks, config: ScanConfig, device: torch.device | str) -> dict:
+    """The CSV row of one matrix from its masks (the costly part of a scan)."""
+    job, masks = unit.job, unit.masks
+    device = torch.device(device)
     n, d = masks.shape
     nn = nearest_neighbour_distances(masks, device=device) / d
     bs = config.block_size
@@ -210,10 +232,10 @@ def scan_matrix(job: MatrixJob, config: ScanConfig, device: torch.device) -> dic
         job.method,
         job.layer,
         job.component,
-        *matrix.shape,
+        *unit.shape,
         n,
         d,
-        sparsity(matrix),
+        unit.sparsity,
         nn.min(),
         nn.mean(),
         np.median(nn),
@@ -314,9 +336,21 @@ def run_scan(
     seed: int = 0,
     device: str = "cpu",
     order_by: OrderBy = "greedy",
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> ScanResult:
     """Scan every exported matrix of ``methods``; write {out}/scan.csv, the heatmaps and
-    scan_config.json atomically (through a staging folder that an interrupted run resumes)."""
+    scan_config.json atomically (through a staging folder that an interrupted run resumes).
+
+    With ``executor="ray"`` each matrix is a task on the Ray cluster at ``ray_address``
+    (:mod:`featgeo.executors`): the driver reads the file and ships the matrix's masks, so the
+    nodes need no copy of ``matrices_dir``; the files written are the same.
+
+    Raises:
+        ValueError / FileNotFoundError / NotADirectoryError: bad options or inputs, no Ray or
+        no Ray cluster for ``executor="ray"``; all before anything is written.
+    """
+    from featgeo.executors import check_executor, connect
     from featgeo.models.loading import resolve_device
 
     config = ScanConfig(
@@ -329,9 +363,15 @@ def run_scan(
         device=device,
         order_by=order_by,
     )
-    torch_device = resolve_device(config.device)
+    spec = check_executor(executor, ray_address)
     jobs = discover_matrices(config.matrices_dir, config.methods)  # validates before writing
     _check_packed_masks(jobs)
+    with connect(spec) as pool:
+        torch_device = pool.unit_device(config.device) if pool else resolve_device(config.device)
+        return _run(config, jobs, torch_device, pool)
+
+
+def _run(config: ScanConfig, jobs: list[MatrixJob], torch_device, pool) -> ScanResult:
     start = time.perf_counter()
     final = Path(config.out)
     check_output_dir(
@@ -345,7 +385,7 @@ def run_scan(
         log.info("resuming the scan: %d of %d matrices already measured", resumed, len(jobs))
     with staging_dir(final, keep_on_error=True) as staging:
         write_json(staging / CONFIG_NAME, _config_json(config, len(jobs)))
-        _measure(jobs, rows, config, torch_device, staging)
+        _measure(jobs, rows, config, torch_device, staging, pool)
         ordered = sorted(rows.values(), key=lambda r: _sort_key(r, config.methods))
         write_text(staging / CSV_NAME, csv_text(ordered))
         heatmaps = [p.name for p in write_heatmaps(ordered, staging)]
@@ -375,19 +415,33 @@ def _check_packed_masks(jobs: Sequence[MatrixJob]) -> None:
             load_matrix(job.path)
 
 
-def _measure(jobs, rows: dict, config: ScanConfig, device: torch.device, staging: Path) -> None:
-    """Measure the jobs not in ``rows``, rewriting the partial CSV after each (atomically, so
-    an interruption loses at most the matrix in progress)."""
+def _measure(jobs, rows: dict, config: ScanConfig, device, staging: Path, pool=None) -> None:
+    """Measure the jobs not in ``rows`` (here, or as Ray tasks when ``pool`` is given),
+    rewriting the partial CSV after each (atomically, so an interruption loses at most the
+    matrices in progress)."""
+    todo = [job for job in jobs if job.key not in rows]
     with progress_bar() as bar:
         task = bar.add_task("hamming scan", total=len(jobs), completed=len(rows), status="")
-        for job in jobs:
-            if job.key in rows:
-                continue
-            bar.update(task, status=f"{job.method} layer{job.layer}-{job.component}")
-            rows[job.key] = scan_matrix(job, config, device)
+        if pool is None:
+            measured = _measure_here(todo, config, device, bar, task)
+        else:
+            busy = lambda n: bar.update(task, status=f"{n} workers busy")  # noqa: E731
+            units = (read_masks(job, config) for job in todo)
+            gpus = 1 if torch.device(device).type == "cuda" else 0
+            measured = (row for _, row in pool.map_unordered(
+                measure_masks, units, shared=(config, str(device)), num_gpus=gpus, on_busy=busy
+            ))  # fmt: skip
+        for row in measured:
+            rows[(row["method"], row["layer"], row["component"])] = row
             ordered = sorted(rows.values(), key=lambda r: _sort_key(r, config.methods))
             write_text(staging / CSV_NAME, csv_text(ordered))
             bar.update(task, advance=1)
+
+
+def _measure_here(todo, config, device, bar, task):
+    for job in todo:
+        bar.update(task, status=f"{job.method} layer{job.layer}-{job.component}")
+        yield scan_matrix(job, config, device)
 
 
 def _config_json(config: ScanConfig, n_matrices: int) -> dict:

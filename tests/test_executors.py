@@ -1,0 +1,179 @@
+"""`--executor` / `--ray-address` on every command that has them: a bad executor, Ray missing, no
+cluster at the address, or something other than Ray there is one line on stderr, exit code 2,
+and nothing written. These need no Ray cluster (the identical-results tests that start one are
+tests/archetypes/test_ray.py, test_stage3_ray.py and tests/sparsity/test_scan_ray.py)."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import sys
+import threading
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from featgeo.cli import app
+from featgeo.executors import ExecutorSpec, check_executor, connect
+
+runner = CliRunner()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def http_port():
+    """A web server on loopback: something answers, but not Ray."""
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):  # the test reads the command's stderr only
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Ray as if not installed: ``import ray`` fails and ``find_spec`` finds nothing."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+
+
+@pytest.fixture
+def no_recorded_cluster(monkeypatch, tmp_path):
+    """``--ray-address auto`` on a machine where no cluster was started."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray-tmp"))
+
+
+# -- the library ---------------------------------------------------------------------------------
+
+
+def test_local_is_the_default_and_needs_no_ray(no_ray):
+    assert check_executor() == ExecutorSpec("local", None)
+    with connect(check_executor("local")) as pool:
+        assert pool is None
+
+
+@pytest.mark.parametrize("address", ["auto", "127.0.0.1:6379", "head.example:10001", "[::1]:6379"])
+def test_good_addresses(address):
+    pytest.importorskip("ray")
+    assert check_executor("ray", address) == ExecutorSpec("ray", address)
+    assert check_executor("ray", None).ray_address == "auto"
+
+
+BAD = [
+    (("nosuch", None), "--executor must be one of local, ray, got 'nosuch'"),
+    (("Ray", None), "--executor must be one of local, ray"),
+    (("local", "127.0.0.1:6379"), "--ray-address is read only with --executor ray"),
+    (("ray", "127.0.0.1"), "--ray-address must be 'auto' or HOST:PORT"),
+    (("ray", "127.0.0.1:0"), "--ray-address must be 'auto' or HOST:PORT"),
+    (("ray", "127.0.0.1:70000"), "--ray-address must be 'auto' or HOST:PORT"),
+    (("ray", "head:port"), "--ray-address must be 'auto' or HOST:PORT"),
+    (("ray", ""), "--ray-address must be 'auto' or HOST:PORT"),
+    (("ray", "ray://head:10001"), "--ray-address must be 'auto' or HOST:PORT"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[m for _, m in BAD])
+def test_bad_options(args, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        check_executor(*args)
+
+
+def test_ray_missing_names_the_extra(no_ray):
+    with pytest.raises(ValueError, match=r"needs Ray.*pip install 'featgeo\[ray\]'"):
+        check_executor("ray", "127.0.0.1:6379")
+
+
+def test_nothing_listening(http_port):
+    pytest.importorskip("ray")
+    port = free_port()
+    with pytest.raises(ValueError, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
+        with connect(check_executor("ray", f"127.0.0.1:{port}")):
+            pass
+
+
+def test_not_a_ray_cluster(http_port):
+    pytest.importorskip("ray")
+    with pytest.raises(ValueError, match="but it is not a Ray cluster"):
+        with connect(check_executor("ray", f"127.0.0.1:{http_port}")):
+            pass
+
+
+def test_auto_without_a_cluster(no_recorded_cluster):
+    pytest.importorskip("ray")
+    with pytest.raises(ValueError, match="--ray-address auto found no running Ray cluster"):
+        with connect(check_executor("ray", "auto")):
+            pass
+
+
+# -- every command -------------------------------------------------------------------------------
+
+
+def commands(tmp_path) -> dict[str, tuple[list[str], object]]:
+    """Each command with valid-looking base arguments, and the folder it would write."""
+    out = tmp_path / "out"
+    matrices = tmp_path / "matrices" / "wanda"
+    matrices.mkdir(parents=True)
+    torch.save(torch.eye(8), matrices / "layer0-mlp.down_proj.pt")
+    return {
+        "aanet stage1": (["aanet", "stage1", "--sae", str(tmp_path), "--save-dir", str(out)], out),
+        "aanet stage3": (["aanet", "stage3", "--csv-dir", str(tmp_path), "--save-dir", str(out)],
+                         out),  # fmt: skip
+        "hamming scan": (["hamming", "scan", "--matrices-dir", str(matrices.parent), "--methods",
+                          "wanda", "--out", str(out)], out),  # fmt: skip
+    }
+
+
+CASES = {
+    "nosuch": (["--executor", "nosuch"], "--executor must be one of local, ray, got 'nosuch'"),
+    "no-ray": (["--executor", "ray", "--ray-address", "127.0.0.1:6379"], "needs Ray"),
+    "unreachable": (["--executor", "ray", "--ray-address", "127.0.0.1:{free}"],
+                    "no Ray cluster answers at 127.0.0.1:{free}"),  # fmt: skip
+    "not-ray": (["--executor", "ray", "--ray-address", "127.0.0.1:{http}"],
+                "but it is not a Ray cluster"),  # fmt: skip
+    "auto-none": (["--executor", "ray"], "--ray-address auto found no running Ray cluster"),
+    "address-without-ray": (["--ray-address", "127.0.0.1:6379"],
+                            "--ray-address is read only with --executor ray"),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("command", ["aanet stage1", "aanet stage3", "hamming scan"])
+def test_every_command_fails_cleanly(command, case, tmp_path, http_port, monkeypatch,
+                                     no_recorded_cluster):  # fmt: skip
+    if case == "no-ray":
+        monkeypatch.setitem(sys.modules, "ray", None)
+    elif case != "nosuch" and case != "address-without-ray":
+        pytest.importorskip("ray")
+    base, out = commands(tmp_path)[command]
+    extra, message = CASES[case]
+    values = {"free": free_port(), "http": http_port}
+    extra = [e.format(**values) for e in extra]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = runner.invoke(app, [*base, *extra])
+    assert result.exit_code == 2, result.output
+    assert message.format(**values) in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_workers_is_for_the_local_executor(tmp_path):
+    pytest.importorskip("ray")
+    base, out = commands(tmp_path)["aanet stage1"]
+    result = runner.invoke(app, [*base, "--executor", "ray", "--ray-address", "127.0.0.1:6379",
+                                 "--workers", "2"])  # fmt: skip
+    assert result.exit_code == 2
+    assert "--workers 2 applies to --executor local" in result.output
+    assert not out.exists()
