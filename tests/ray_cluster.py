@@ -14,7 +14,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -142,3 +144,31 @@ class LoopbackCluster:
             process.log.close()
         self.processes = []
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    @contextmanager
+    def killing_a_worker(self, after: float = 0.0, timeout: float = 120):
+        """Within the block, SIGKILL the first Ray worker found running a featgeo task,
+        ``after`` seconds into it; yields the list that then holds its pid."""
+        killed: list[int] = []
+        stop = threading.Event()
+
+        def kill() -> None:
+            deadline = time.monotonic() + timeout
+            while not killed and not stop.is_set() and time.monotonic() < deadline:
+                pids = self.task_pids()
+                if pids:
+                    time.sleep(after)
+                    try:
+                        os.kill(pids[0], signal.SIGKILL)
+                        killed.append(pids[0])
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.01)
+
+        thread = threading.Thread(target=kill, daemon=True)
+        thread.start()
+        try:
+            yield killed
+        finally:
+            stop.set()
+            thread.join(timeout=5)

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from featgeo.cli import app
-from featgeo.executors import ExecutorSpec, check_executor, connect
+from featgeo.executors import ExecutorSpec, RayPool, check_executor, connect
 
 runner = CliRunner()
 
@@ -177,3 +177,30 @@ def test_workers_is_for_the_local_executor(tmp_path):
     assert result.exit_code == 2
     assert "--workers 2 applies to --executor local" in result.output
     assert not out.exists()
+
+
+class Cluster(RayPool):
+    """A RayPool whose cluster resources are given (what ``ray.cluster_resources()`` reports)."""
+
+    def __init__(self, **resources):
+        super().__init__("10.0.0.1:6379")
+        self._resources = resources
+
+    def resources(self):
+        return dict(self._resources)
+
+
+def test_units_go_where_the_cluster_has_room():
+    import torch
+
+    gpus, cpus = Cluster(CPU=64.0, GPU=8.0), Cluster(CPU=3.0)
+    assert gpus.unit_device("auto") == torch.device("cuda")  # the driver needs no GPU
+    assert cpus.unit_device("auto") == torch.device("cpu")
+    assert gpus.unit_device("cpu") == torch.device("cpu")
+    assert gpus.slots(num_cpus=1, num_gpus=1) == 8  # eight CUDA units at once
+    assert gpus.slots(num_cpus=1) == 64
+    assert cpus.slots(num_cpus=2) == 1 and Cluster().slots() == 1
+    with pytest.raises(ValueError, match="the Ray cluster at 10.0.0.1:6379 has no GPU"):
+        cpus.unit_device("cuda")
+    with pytest.raises(ValueError, match="--device must be auto, cpu or cuda, got 'tpu'"):
+        cpus.unit_device("tpu")

@@ -88,26 +88,9 @@ def test_stage1_survives_a_killed_worker(env, local_stage1, ray_cluster):
     """A worker process dies in the middle of a unit: Ray runs the unit again elsewhere and the
     files are still those of the local run."""
     out = env["root"] / "ray-killed"
-    killed = []
-
-    def kill_one():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            pids = ray_cluster.task_pids()
-            if pids:
-                time.sleep(0.3)  # inside its unit
-                try:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
-                except ProcessLookupError:
-                    continue
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_one, daemon=True)
-    killer.start()
     args = stage1_args(env, out, "--executor", "ray", "--ray-address", ray_cluster.address)
-    result = runner.invoke(app, args)
-    killer.join(timeout=5)
+    with ray_cluster.killing_a_worker(after=0.3) as killed:  # inside its unit
+        result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert killed, "no worker process was found to kill"
     assert stage1_files(out) == stage1_files(local_stage1)

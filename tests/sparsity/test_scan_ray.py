@@ -4,11 +4,6 @@ middle of a matrix (Ray measures it again)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
-
 import pytest
 from test_scan import make_exports
 from typer.testing import CliRunner
@@ -60,26 +55,9 @@ def test_scan_survives_a_killed_worker(tmp_path, ray_cluster):
         torch.save(planted_matrix(*big["mlp.big"], seed=len(str(path))), path)
     local, remote = tmp_path / "local", tmp_path / "ray"
     assert runner.invoke(app, scan_args(exports, local)).exit_code == 0
-    killed = []
-
-    def kill_one():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            pids = ray_cluster.task_pids()
-            if pids:
-                try:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_one, daemon=True)
-    killer.start()
-    result = runner.invoke(
-        app, scan_args(exports, remote, "--executor", "ray", "--ray-address", ray_cluster.address)
-    )
-    killer.join(timeout=5)
+    args = scan_args(exports, remote, "--executor", "ray", "--ray-address", ray_cluster.address)
+    with ray_cluster.killing_a_worker() as killed:
+        result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert killed, "no worker process was found to kill"
     assert files(remote) == files(local)
