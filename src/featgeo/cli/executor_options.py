@@ -9,7 +9,7 @@ EXECUTOR = typer.Option(
     "local",
     "--executor",
     help="Where the units run: local (this machine) or ray (a Ray cluster; needs "
-    "pip install 'featgeo[ray]'). The files are the same.",
+    "pip install 'featgeo\\[ray]'). The files are the same.",
 )
 RAY_ADDRESS = typer.Option(
     None,
