@@ -145,9 +145,12 @@ class SmallBlocks(VertexSettings):
 
 
 def small_blocks(mp: pytest.MonkeyPatch) -> None:
-    """The CLI has no block size option; it imports VertexSettings when the command runs."""
-    from featgeo.archetypes import vertices
+    """The CLI has no block size option; it imports VertexSettings when the command runs. Stage
+    3's module is imported first, so that it keeps the real class (its type checks) for the
+    rest of the session."""
+    from featgeo.archetypes import stage3, vertices
 
+    assert stage3.VertexSettings is VertexSettings
     mp.setattr(vertices, "VertexSettings", SmallBlocks)
 
 
