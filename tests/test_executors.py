@@ -33,7 +33,8 @@ def http_port():
         def log_message(self, *args):  # the test reads the command's stderr only
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    # every interface: Ray reaches 127.0.0.1 through this machine's own address
+    server = http.server.HTTPServer(("", 0), Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server.server_address[1]
@@ -80,6 +81,10 @@ BAD = [
     (("ray", "head:port"), "--ray-address must be 'auto' or HOST:PORT"),
     (("ray", ""), "--ray-address must be 'auto' or HOST:PORT"),
     (("ray", "ray://head:10001"), "--ray-address must be 'auto' or HOST:PORT"),
+    (("ray", "::1"), "--ray-address must be 'auto' or HOST:PORT"),
+    (("ray", "127.0.0.1:6379:1"), "--ray-address must be 'auto' or HOST:PORT"),
+    (("ray", "127.0.0.1:\u00b2"), "--ray-address must be 'auto' or HOST:PORT"),
+    ((ExecutorSpec("nosuch"), None), "--executor must be one of local, ray"),
 ]
 
 
@@ -97,14 +102,15 @@ def test_ray_missing_names_the_extra(no_ray):
 def test_nothing_listening(http_port):
     pytest.importorskip("ray")
     port = free_port()
-    with pytest.raises(ValueError, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
+    message = f"--ray-address 127.0.0.1:{port}: no Ray cluster answers at .*:{port}"
+    with pytest.raises(ValueError, match=message):
         with connect(check_executor("ray", f"127.0.0.1:{port}")):
             pass
 
 
 def test_not_a_ray_cluster(http_port):
     pytest.importorskip("ray")
-    with pytest.raises(ValueError, match="but it is not a Ray cluster"):
+    with pytest.raises(ValueError, match="but it is not a Ray cluster's head"):
         with connect(check_executor("ray", f"127.0.0.1:{http_port}")):
             pass
 
@@ -138,17 +144,21 @@ CASES = {
     "nosuch": (["--executor", "nosuch"], "--executor must be one of local, ray, got 'nosuch'"),
     "no-ray": (["--executor", "ray", "--ray-address", "127.0.0.1:6379"], "needs Ray"),
     "unreachable": (["--executor", "ray", "--ray-address", "127.0.0.1:{free}"],
-                    "no Ray cluster answers at 127.0.0.1:{free}"),  # fmt: skip
+                    "--ray-address 127.0.0.1:{free}: no Ray cluster answers at"),  # fmt: skip
     "not-ray": (["--executor", "ray", "--ray-address", "127.0.0.1:{http}"],
-                "but it is not a Ray cluster"),  # fmt: skip
+                "but it is not a Ray cluster's head"),  # fmt: skip
     "auto-none": (["--executor", "ray"], "--ray-address auto found no running Ray cluster"),
     "address-without-ray": (["--ray-address", "127.0.0.1:6379"],
                             "--ray-address is read only with --executor ray"),  # fmt: skip
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("command", ["aanet stage1", "aanet stage3", "hamming scan"])
+# "not-ray" on one command only: each waits for Ray's client to give up on the server (~13 s)
+PAIRS = [(command, case) for command in ("aanet stage1", "aanet stage3", "hamming scan")
+         for case in sorted(CASES) if case != "not-ray" or command == "hamming scan"]  # fmt: skip
+
+
+@pytest.mark.parametrize("command, case", PAIRS)
 def test_every_command_fails_cleanly(command, case, tmp_path, http_port, monkeypatch,
                                      no_recorded_cluster):  # fmt: skip
     if case == "no-ray":
@@ -204,3 +214,50 @@ def test_units_go_where_the_cluster_has_room():
         cpus.unit_device("cuda")
     with pytest.raises(ValueError, match="--device must be auto, cpu or cuda, got 'tpu'"):
         cpus.unit_device("tpu")
+
+
+def test_the_address_in_ray_address_is_checked_under_its_own_name(monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_ADDRESS", "garbage")
+    with pytest.raises(ValueError, match=r"--ray-address auto \(from RAY_ADDRESS\) must be"):
+        with connect(check_executor("ray", "auto")):
+            pass
+
+
+def test_a_broken_ray_install_is_one_error(monkeypatch, tmp_path):
+    """Ray found but failing to import (a half-installed package) is an input error too."""
+    fake = tmp_path / "site" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('libray.so: cannot open shared object')")
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
+    monkeypatch.syspath_prepend(str(fake.parent))
+    spec = check_executor("ray", "127.0.0.1:6379")
+    with pytest.raises(ValueError, match="Ray is installed but does not import .*libray.so"):
+        with connect(spec):
+            pass
+
+
+def test_a_cluster_without_cpus_or_a_numbered_gpu_is_refused():
+    with pytest.raises(ValueError, match="has no CPU for featgeo's units"):
+        Cluster(GPU=8.0).unit_device("auto")
+    with pytest.raises(ValueError, match="--device cuda:3: on Ray each unit gets a GPU of its own"):
+        Cluster(CPU=8.0, GPU=8.0).unit_device("cuda:3")
+
+
+def test_units_that_cannot_finish_are_one_line_with_exit_code_1():
+    """A Ray worker that keeps dying is not bad input (exit 1, not 2), but still one line."""
+    import typer
+
+    from featgeo.cli import _one_line_errors
+    from featgeo.errors import ExecutionError
+
+    def job() -> None:
+        raise ExecutionError("unit 2 could not finish on the Ray cluster; run it again")
+
+    one = typer.Typer()
+    one.command()(_one_line_errors(job))
+    result = CliRunner().invoke(one, [])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "featgeo: error: unit 2 could not finish on the Ray cluster; run it again"
+    )

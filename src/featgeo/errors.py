@@ -15,6 +15,12 @@ class HubUnreachableError(InputError):
     """A hub id was given but no model hub can be reached from this machine."""
 
 
+class ExecutionError(RuntimeError):
+    """A job's units could not finish, through no fault of the input (a Ray worker or node kept
+    dying); the message says what happened and that the same command resumes. The CLI prints it
+    as one line with exit code 1."""
+
+
 USER_ERRORS = (
     ValueError,
     TypeError,

@@ -35,12 +35,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from featgeo.errors import ExecutionError
+
 EXECUTORS = ("local", "ray")
 RAY_VERSION = "2.60.0"
 RAY_INSTALL = "pip install 'featgeo[ray]'"
 MAX_RETRIES = 3
 """Ray runs a task again this many times when its worker process or node dies."""
 PROBE_SECONDS = 5.0
+"""How long a TCP connection to the head may take."""
+GCS_PROBE_MS = 3000
+"""How long the head may take to give its cluster id (Ray's client tries up to three times)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ def check_executor(executor: str = "local", ray_address: str | None = None) -> E
             extra to install).
     """
     if isinstance(executor, ExecutorSpec):
-        return executor
+        executor, ray_address = executor.name, executor.ray_address
     if executor not in EXECUTORS:
         raise ValueError(
             f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}; use local (this "
@@ -90,11 +95,13 @@ def check_executor(executor: str = "local", ray_address: str | None = None) -> E
     return ExecutorSpec("ray", address)
 
 
-def _split_address(address: str) -> tuple[str, int]:
+def _split_address(address: str, source: str = "--ray-address") -> tuple[str, int]:
     host, _, port = address.rpartition(":")
-    if not host or "/" in host or not port.isdigit() or not 0 < int(port) < 65536:
+    bracketed = host.startswith("[") and host.endswith("]")  # an IPv6 host: [::1]:6379
+    ok = bool(host) and "/" not in host and (bracketed or ":" not in host)
+    if not (ok and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise ValueError(
-            f"--ray-address must be 'auto' or HOST:PORT, got {address!r}; pass the address of "
+            f"{source} must be 'auto' or HOST:PORT, got {address!r}; pass the address of "
             "the Ray head that `ray start --head` printed (e.g. 10.0.0.1:6379)"
         )
     return host.strip("[]"), int(port)
@@ -111,22 +118,30 @@ def connect(spec: ExecutorSpec) -> Iterator[RayPool | None]:
     if not spec.is_ray:
         yield None
         return
-    import ray
+    try:
+        import ray
+    except ImportError as exc:  # installed, but broken (a partial install, a version clash)
+        raise ValueError(
+            f"--executor ray: Ray is installed but does not import ({exc}); reinstall it with "
+            f"{RAY_INSTALL} (Ray {RAY_VERSION}), or use --executor local"
+        ) from None
 
-    address = _resolve(spec.ray_address)
-    _probe(address, spec.ray_address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started_here = not ray.is_initialized()
-    if started_here:
+    if started_here:  # else: this process already joined a cluster (a notebook), used as is
+        address, source = _resolve(spec.ray_address)
+        address = _probe(address, source)
         try:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
                      configure_logging=True)  # fmt: skip
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ValueError(
-                f"--ray-address {spec.ray_address}: could not join the Ray cluster at {address} "
+                f"{source}: could not join the Ray cluster at {address} "
                 f"({' '.join(str(exc).split())[:200]}); check the address `ray start --head` "
                 f"printed and that this machine runs Ray {RAY_VERSION}"
             ) from None
+    else:
+        address = ray.get_runtime_context().gcs_address
     try:
         yield RayPool(address)
     finally:
@@ -134,49 +149,57 @@ def connect(spec: ExecutorSpec) -> Iterator[RayPool | None]:
             ray.shutdown()
 
 
-def _resolve(address: str) -> str:
-    """``auto``: ``RAY_ADDRESS``, else the address ``ray start`` recorded on this machine (never
-    a guess among Ray processes found running, which may belong to someone else)."""
+def _resolve(address: str) -> tuple[str, str]:
+    """``(address, where it came from)``; ``auto``: ``RAY_ADDRESS``, else the address ``ray
+    start`` recorded on this machine (never a guess among Ray processes found running, which
+    may belong to someone else)."""
     if address != "auto":
-        return address
-    from ray._private.utils import read_ray_address
+        return address, f"--ray-address {address}"
+    from ray._private.utils import get_ray_address_file, read_ray_address
 
-    found = os.environ.get("RAY_ADDRESS") or read_ray_address()
-    if not found:
-        raise ValueError(
-            "--ray-address auto found no running Ray cluster (RAY_ADDRESS is unset and `ray "
-            "start` recorded no cluster on this machine); start one with `ray start --head` "
-            "or pass its HOST:PORT"
-        )
-    return found
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"].strip(), "--ray-address auto (from RAY_ADDRESS)"
+    found = read_ray_address()
+    if found:
+        return found, f"--ray-address auto (recorded in {get_ray_address_file(None)})"
+    raise ValueError(
+        "--ray-address auto found no running Ray cluster (RAY_ADDRESS is unset and `ray start` "
+        "recorded no cluster on this machine); start one with `ray start --head` or pass its "
+        "HOST:PORT"
+    )
 
 
-def _probe(address: str, option: str) -> None:
-    """Fail fast where ``ray.init`` would retry for minutes: nothing listens at the address, or
-    what listens does not speak HTTP/2 (a Ray head's GCS is a gRPC server, and every gRPC server
-    answers the HTTP/2 connection preface with a SETTINGS frame, RFC 9113 §3.4)."""
-    host, port = _split_address(address)
+def _probe(address: str, source: str) -> str:
+    """The address ``ray.init`` will use, once something there answered as a Ray head.
+
+    Ray reaches a loopback address through this machine's own address, so that is what is
+    checked; then a GCS client with a timeout asks for the cluster's id, which fails fast where
+    ``ray.init`` would retry for minutes (nothing listens, or what answers is not a Ray head).
+    """
+    from ray._private.services import canonicalize_bootstrap_address
+    from ray._raylet import InnerGcsClient
+
+    _split_address(address, source)
+    resolved = canonicalize_bootstrap_address(address) or address
+    host, port = _split_address(resolved, source)
+    via = "" if resolved == address else f" (Ray reaches {address} as {resolved})"
     try:
-        with socket.create_connection((host, port), timeout=PROBE_SECONDS) as sock:
-            sock.sendall(_HTTP2_PREFACE + _EMPTY_SETTINGS)
-            reply = sock.recv(9)
+        socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ValueError(
-            f"--ray-address {option}: no Ray cluster answers at {host}:{port} ({reason}); start "
-            "one with `ray start --head` and pass the address it prints, or use --executor local"
+            f"{source}: no Ray cluster answers at {resolved}{via} ({reason}); start one with "
+            "`ray start --head` and pass the address it prints, or use --executor local"
         ) from None
-    if len(reply) < 9 or reply[3] != _SETTINGS_FRAME:
+    try:
+        InnerGcsClient.standalone(resolved, None, GCS_PROBE_MS)
+    except Exception as exc:  # Ray's RpcError and friends: what answers is not a Ray head
+        reason = " ".join(str(exc).split())[:120]
         raise ValueError(
-            f"--ray-address {option}: something answers at {host}:{port} but it is not a Ray "
-            "cluster (no gRPC server); pass the address of the Ray head (`ray start --head` "
-            "prints it)"
-        )
-
-
-_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_EMPTY_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # length 0, type SETTINGS, stream 0
-_SETTINGS_FRAME = 4
+            f"{source}: something answers at {resolved}{via} but it is not a Ray cluster's head "
+            f"({reason}); pass the address `ray start --head` printed"
+        ) from None
+    return resolved
 
 
 class RayPool:
@@ -223,7 +246,14 @@ class RayPool:
         """
         import torch
 
-        gpus = self.resources().get("GPU", 0.0)
+        resources = self.resources()
+        gpus = resources.get("GPU", 0.0)
+        if resources.get("CPU", 0.0) < 1:  # every unit holds a CPU: none would ever start
+            raise ValueError(
+                f"the Ray cluster at {self.address} has no CPU for featgeo's units (its nodes "
+                "were started with --num-cpus 0 or are all busy being removed); add a node with "
+                "CPUs (`ray start --address ... --num-cpus N`)"
+            )
         if device == "auto":
             return torch.device("cuda" if gpus >= 1 else "cpu")
         try:
@@ -232,6 +262,11 @@ class RayPool:
             raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}") from None
         if parsed.type not in ("cpu", "cuda"):
             raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+        if parsed.index is not None:
+            raise ValueError(
+                f"--device {device}: on Ray each unit gets a GPU of its own, which it sees as "
+                "cuda:0; pass --device cuda (or auto)"
+            )
         if parsed.type == "cuda":
             if gpus < 1:
                 raise ValueError(
@@ -261,8 +296,8 @@ class RayPool:
         iterator (an error, Ctrl-C, or the caller stopping early) cancels the tasks in flight.
 
         Raises:
-            the task's own exception when a unit fails; ``RuntimeError`` when a unit's worker
-            died more than :data:`MAX_RETRIES` times.
+            the task's own exception when a unit fails; :class:`~featgeo.errors.ExecutionError`
+            when a unit's worker or node died more than :data:`MAX_RETRIES` times.
         """
         import ray
 
@@ -326,7 +361,7 @@ def _result(ref, position: int):
             raise cause from None
         raise RuntimeError(f"unit {position} failed on the Ray cluster: {exc}") from None
     except RayError as exc:  # its worker or node died every time Ray ran it, or its data is lost
-        raise RuntimeError(
+        raise ExecutionError(
             f"unit {position} could not finish on the Ray cluster ({type(exc).__name__}, "
             f"{MAX_RETRIES + 1} attempts: out of memory, or its worker or node died); see `ray "
             "logs` on the nodes, then run the same command again to resume"

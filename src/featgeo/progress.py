@@ -32,3 +32,8 @@ def progress_bar(*, transient: bool = False) -> Progress:
         console=err_console,
         transient=transient,
     )
+
+
+def workers_busy(n: int) -> str:
+    """A bar's status while units run on a pool or a Ray cluster: ``"2 workers busy"``."""
+    return f"{n} worker busy" if n == 1 else f"{n} workers busy"

@@ -78,6 +78,7 @@ from featgeo.files import (
     write_text,
 )
 from featgeo.latents.run import check_live_n_clusters
+from featgeo.progress import workers_busy
 
 log = logging.getLogger(__name__)
 
@@ -556,12 +557,12 @@ class _Bar:
     def set_running(self, workers: int) -> None:
         self.running = workers
         if workers > 1:
-            self._show(self.done, f"{workers} workers busy")
+            self._show(self.done, workers_busy(workers))
 
     def busy(self, workers: int) -> None:
         """Ray: ``workers`` tasks are running."""
         self.running, self.remote = workers, True
-        self._show(self.done, f"{workers} workers busy")
+        self._show(self.done, workers_busy(workers))
 
     def step(self, unit: TrainUnit, step: int, n_training: int) -> None:
         self._show(self.done + unit.n_models - n_training, f"{n_training} training")
@@ -569,7 +570,7 @@ class _Bar:
     def finish_unit(self, n_models: int) -> None:
         self.done += n_models
         remote = self.running > 1 or self.remote
-        busy = f"{self.running} workers busy" if remote else "0 training"
+        busy = workers_busy(self.running) if remote else "0 training"
         self._show(self.done, busy)
 
 

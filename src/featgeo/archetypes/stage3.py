@@ -94,6 +94,7 @@ from featgeo.files import (
     write_csv,
     write_json,
 )
+from featgeo.progress import workers_busy
 
 log = logging.getLogger(__name__)
 
@@ -992,7 +993,7 @@ class _TokenBar:
 
     def busy(self, workers: int) -> None:
         """Ray: ``workers`` tasks are running."""
-        self.workers = f"{workers} workers busy"
+        self.workers = workers_busy(workers)
         self._show()
 
 

@@ -15,7 +15,7 @@ import typer
 from rich.logging import RichHandler
 
 from featgeo import __version__
-from featgeo.errors import USER_ERRORS
+from featgeo.errors import USER_ERRORS, ExecutionError
 from featgeo.progress import console, err_console
 
 app = typer.Typer(
@@ -38,6 +38,11 @@ def _one_line_errors(func):
             message = " ".join(str(exc).split()) or type(exc).__name__
             _print_error(message)
             raise typer.Exit(2) from None
+        except ExecutionError as exc:
+            if os.environ.get("FEATGEO_DEBUG"):
+                raise
+            _print_error(" ".join(str(exc).split()))
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("featgeo: interrupted; run the same command again to resume")
             raise typer.Exit(130) from None

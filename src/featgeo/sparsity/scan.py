@@ -42,7 +42,7 @@ from featgeo.files import (
     write_text,
 )
 from featgeo.models.components import COMPONENTS
-from featgeo.progress import progress_bar
+from featgeo.progress import progress_bar, workers_busy
 from featgeo.sparsity.blocks import ORDERINGS
 from featgeo.sparsity.hamming import nearest_neighbour_distances
 from featgeo.sparsity.matrices import Axis, feature_masks, load_matrix, sparsity
@@ -425,7 +425,7 @@ def _measure(jobs, rows: dict, config: ScanConfig, device, staging: Path, pool=N
         if pool is None:
             measured = _measure_here(todo, config, device, bar, task)
         else:
-            busy = lambda n: bar.update(task, status=f"{n} workers busy")  # noqa: E731
+            busy = lambda n: bar.update(task, status=workers_busy(n))  # noqa: E731
             units = (read_masks(job, config) for job in todo)
             gpus = 1 if torch.device(device).type == "cuda" else 0
             measured = (row for _, row in pool.map_unordered(
