@@ -261,3 +261,18 @@ def test_units_that_cannot_finish_are_one_line_with_exit_code_1():
     assert result.output.strip() == (
         "featgeo: error: unit 2 could not finish on the Ray cluster; run it again"
     )
+
+
+@pytest.mark.ray
+def test_tasks_keep_their_order_and_their_errors(ray_cluster):
+    """map_ordered gives results in payload order whatever order tasks finish in, ``shared``
+    reaches every task, and a unit's own exception comes back as itself (not Ray's wrapper)."""
+    import operator
+
+    with connect(check_executor("ray", ray_cluster.address)) as pool:
+        busy = []
+        results = pool.map_ordered(operator.mul, range(10), shared=(3,), on_busy=busy.append)
+        assert list(results) == [3 * i for i in range(10)]
+        assert max(busy) == 2  # two one-CPU nodes: two tasks at once, never more
+        with pytest.raises(ZeroDivisionError):
+            list(pool.map_unordered(operator.truediv, [1.0, 2.0], shared=(0.0,)))
